@@ -1,0 +1,21 @@
+"""superres: GAN-based single-image super-resolution (SRGAN / ESRGAN family).
+
+Public API:
+    load_model(name_or_path)  -> an Upscaler with .upscale(image)
+    build_generator(name, **hparams)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .archs import build_generator  # noqa: E402
+
+
+def load_model(name_or_path=None, **kwargs):
+    """Load a shipped model by name (e.g. "psnr-x4") or a weights file; see superres.upscale.Upscaler."""
+    from .upscale import Upscaler
+
+    return Upscaler.from_pretrained(name_or_path, **kwargs)
+
+
+__all__ = ["load_model", "build_generator", "__version__"]

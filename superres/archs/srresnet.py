@@ -1,0 +1,64 @@
+"""MSRResNet: SRResNet (Ledig et al., SRGAN paper) without batch norm, as in BasicSR.
+
+State-dict keys match BasicSR's MSRResNet: conv_first, body.N.conv{1,2}, upconv1, [upconv2],
+conv_hr, conv_last, so public MSRResNet checkpoints load with strict=True.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import check_scale, conv3x3, scaled_kaiming_
+
+
+class ResidualBlockNoBN(nn.Module):
+    def __init__(self, num_feat: int = 64, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.res_scale = res_scale
+        self.conv1 = conv3x3(num_feat, num_feat)
+        self.conv2 = conv3x3(num_feat, num_feat)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu(self.conv1(x))) * self.res_scale
+
+
+class MSRResNet(nn.Module):
+    """Residual blocks -> pixel-shuffle upsampling -> two convs, plus a bilinear skip of the input.
+
+    The bilinear skip means the network only learns the residual over bilinear upsampling, which
+    speeds up early training noticeably.
+    """
+
+    def __init__(self, *, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
+                 num_block: int = 16, upscale: int = 4) -> None:
+        super().__init__()
+        check_scale("msrresnet", upscale, (2, 3, 4))
+        self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
+                            num_block=num_block, upscale=upscale)
+        self.upscale = upscale
+        self.conv_first = conv3x3(num_in_ch, num_feat)
+        self.body = nn.Sequential(*[ResidualBlockNoBN(num_feat) for _ in range(num_block)])
+        if upscale in (2, 3):
+            self.upconv1 = conv3x3(num_feat, num_feat * upscale * upscale)
+            self.pixel_shuffle = nn.PixelShuffle(upscale)
+        else:  # x4 as two x2 steps, like the original
+            self.upconv1 = conv3x3(num_feat, num_feat * 4)
+            self.upconv2 = conv3x3(num_feat, num_feat * 4)
+            self.pixel_shuffle = nn.PixelShuffle(2)
+        self.conv_hr = conv3x3(num_feat, num_feat)
+        self.conv_last = conv3x3(num_feat, num_out_ch)
+        self.lrelu = nn.LeakyReLU(0.1, inplace=True)
+        scaled_kaiming_(self, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, H, W)
+        feat = self.lrelu(self.conv_first(x))          # (B, F, H, W)
+        out = self.body(feat)
+        out = self.lrelu(self.pixel_shuffle(self.upconv1(out)))
+        if self.upscale == 4:
+            out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))
+        out = self.conv_last(self.lrelu(self.conv_hr(out)))  # (B, C, H*s, W*s)
+        base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        return out + base

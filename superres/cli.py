@@ -1,0 +1,74 @@
+"""`superres` command line: one argparse subcommand per pipeline stage.
+
+Each subcommand lives in the module that does the work; this file only lists them. A module named
+here provides `add_<cmd>_arguments(parser)` and `run_<cmd>(args) -> int` (exit code). Modules are
+imported only when their subcommand runs or when help is built, so `superres upscale` does not pay
+for the trainer's imports.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-paragraph help with an example)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "upscale": ("superres.upscale",
+                "Upscale images with a trained generator. Example: superres upscale photo.jpg -o photo_x4.png"),
+    "models": ("superres.models",
+               "List the models shipped with the package (name, scale, parameters, file)."),
+    "eval": ("superres.evaluate",
+             "Benchmark models with the standard protocol (MATLAB bicubic LR, Y-channel PSNR/SSIM, "
+             "NIQE). Example: superres eval --model psnr-x4 --model bicubic --data ../shared/data/benchmarks/Set5 --scale 4"),
+    "prepare": ("superres.data",
+                "Cut large training images into overlapping sub-images. Example: superres prepare HR/ -o HR_sub/ --crop 480 --step 240"),
+    "degrade": ("superres.degrade_cli",
+                "Show what a training degradation does to an image. Example: superres degrade img.png -o lr.png --preset realistic --seed 3"),
+    "train": ("superres.train",
+              "Train a generator (pixel loss, then adversarial). Example: superres train configs/tiny_cpu.toml --run-dir runs/tiny"),
+    "export": ("superres.export",
+               "Export a training run or checkpoint as a .safetensors model (EMA generator + metadata). "
+               "Example: superres export runs/tiny -o tiny.safetensors"),
+    "interpolate": ("superres.export",
+                    "Blend two models of the same architecture (ESRGAN network interpolation). "
+                    "Example: superres interpolate psnr.safetensors gan.safetensors --alpha 0.7 -o mix.safetensors"),
+}
+
+
+def _module_for(name: str):
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="superres", description="GAN-based single-image super-resolution: upscale, train, evaluate.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (modname, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
+            continue  # a subcommand whose module is not in this build
+        p = sub.add_parser(name, help=help_text.split(". Example")[0], description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        getattr(mod, f"add_{name}_arguments")(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    return int(getattr(_module_for(args.command), f"run_{args.command}")(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Models shipped with the package, by name.
+
+Weights live in `superres/pretrained/` (installed with the package); a name maps to a file there.
+A name whose file is not present says so instead of failing later.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    filename: str
+    scale: int
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return PRETRAINED_DIR / self.filename
+
+    @property
+    def available(self) -> bool:
+        return self.path.is_file()
+
+
+MODELS: dict[str, ModelEntry] = {
+    "psnr-x4": ModelEntry("psnr-x4", "psnr-x4.safetensors", 4,
+                          "MSRResNet trained with L1 loss on T91+BSD200: highest fidelity (PSNR)."),
+    "gan-x4": ModelEntry("gan-x4", "gan-x4.safetensors", 4,
+                         "Adversarial fine-tune of psnr-x4: sharper, more natural texture."),
+    "psnr-x2": ModelEntry("psnr-x2", "psnr-x2.safetensors", 2, "MSRResNet x2, L1 loss."),
+    "gan-x2": ModelEntry("gan-x2", "gan-x2.safetensors", 2, "Adversarial fine-tune of psnr-x2."),
+}
+
+# The preferred default; falls back down this list to the first model whose file is shipped.
+DEFAULT_ORDER = ("gan-x4", "psnr-x4")
+
+
+def default_model_name() -> str:
+    for name in DEFAULT_ORDER:
+        if MODELS[name].available:
+            return name
+    return DEFAULT_ORDER[0]
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
+    """A registered model name or a path to a weights file -> path of an existing file."""
+    if name_or_path is None:
+        name_or_path = default_model_name()
+    key = str(name_or_path)
+    if key in MODELS:
+        entry = MODELS[key]
+        if not entry.available:
+            shipped = [n for n, e in MODELS.items() if e.available] or ["none"]
+            raise ModelNotFound(f"model {key!r} has no weights file in this installation "
+                                f"(expected {entry.path}). Shipped models: {', '.join(shipped)}. "
+                                "Train one with `superres train` or pass a path to a weights file.")
+        return entry.path
+    path = Path(key).expanduser()
+    if path.is_file():
+        return path
+    raise ModelNotFound(f"{key!r} is neither a model name ({', '.join(MODELS)}) nor an existing file")
+
+
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true", help="also list names whose weights are not shipped")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from .weights import load_generator
+
+    default = default_model_name()
+    rows = []
+    for name, e in MODELS.items():
+        if not e.available and not args.all:
+            continue
+        if e.available:
+            model, info = load_generator(e.path)
+            params = sum(p.numel() for p in model.parameters())
+            rows.append((name + (" (default)" if name == default else ""), f"x{e.scale}", info["arch"],
+                         f"{params / 1e6:.2f}M", str(e.path)))
+        else:
+            rows.append((name, f"x{e.scale}", "-", "-", "not shipped"))
+    header = ("name", "scale", "arch", "params", "file")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if not rows:
+        print("no model weights are shipped in this installation; `superres models --all` lists the names")
+    return 0

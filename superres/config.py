@@ -1,0 +1,295 @@
+"""Training configuration: typed dataclasses with defaults, a TOML file over them, `--set` overrides.
+
+    cfg = load_config("configs/tiny_cpu.toml", ["losses.adversarial=5e-3", "train.total_steps=100"])
+    save_config(cfg, run_dir / "config.toml")
+
+Unknown keys and bad values are errors that name the key and the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "msrresnet"
+    scale: int = 4
+    # Passed to the architecture as keyword arguments (besides upscale), e.g. {num_block = 16}.
+    hparams: dict[str, Any] = field(default_factory=dict)
+    # Start the generator from these weights (e.g. the stage-1 PSNR model for GAN fine-tuning).
+    pretrained: str = ""
+
+
+@dataclass
+class DiscriminatorConfig:
+    arch: str = "vgg128"
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    train_dirs: list[str] = field(default_factory=lambda: ["../shared/data/train/T91",
+                                                           "../shared/data/train/BSD200"])
+    # Paired mode: LR folders matched to train_dirs by file name (empty = make LR by degradation).
+    lr_dirs: list[str] = field(default_factory=list)
+    hr_patch: int = 128
+    batch_size: int = 16
+    num_workers: int = 0
+    degradation: str = "bicubic"
+    val_dirs: list[str] = field(default_factory=lambda: ["../shared/data/benchmarks/Set5",
+                                                         "../shared/data/benchmarks/Set14"])
+    val_max_images: int = 0  # 0 = all
+
+
+@dataclass
+class LossConfig:
+    pixel: str = "l1"
+    pixel_weight: float = 1.0
+    perceptual: float = 0.0
+    vgg_weights: str = ""
+    vgg_layers: dict[str, float] = field(default_factory=lambda: {"conv5_4": 1.0})
+    vgg_before_activation: bool = True
+    adversarial: float = 0.0
+    gan_type: str = "vanilla"
+    feature_matching: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 2e-4
+    lr_d: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.5
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass
+class TrainConfig:
+    total_steps: int = 1000
+    seed: int = 0
+    ema_decay: float = 0.999
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    deterministic: bool = False
+    d_warmup_steps: int = 0
+    d_steps_per_g: int = 1
+
+
+@dataclass
+class LogConfig:
+    log_every: int = 50
+    val_every: int = 1000
+    ckpt_every: int = 500
+    keep_last: int = 3
+    sample_images: int = 3
+    best_metric: str = "psnr"
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Values with a closed set of choices; validate() checks them. Other modules extend these sets
+# when they add an option (a new GAN loss, a new degradation) so errors list what really exists.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "losses.pixel": ("l1", "mse", "charbonnier"),
+    "losses.gan_type": ("vanilla", "lsgan", "hinge", "ragan"),
+    "optim.schedule": ("cosine", "multistep", "constant"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "log.best_metric": ("psnr", "ssim", "niqe"),
+    "data.degradation": ("bicubic", "realistic"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+def _section_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check `value` against the field's declared type; allow int -> float."""
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (inner,) = typing.get_args(typ)
+        if isinstance(value, list):
+            return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        return value
+    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _apply(cfg: Config, data: dict[str, Any], where: str) -> None:
+    for section, values in data.items():
+        if section not in {f.name for f in dataclasses.fields(Config)}:
+            raise ConfigError(f"{where}: unknown section [{section}]; allowed: "
+                              f"{[f.name for f in dataclasses.fields(Config)]}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        obj = getattr(cfg, section)
+        types = _section_types(type(obj))
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(f"{where}: unknown key {section}.{key}; allowed keys in [{section}]: "
+                                  f"{sorted(types)}")
+            setattr(obj, key, _coerce(f"{section}.{key}", value, types[key]))
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    dotted, raw = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. losses.adversarial=5e-3")
+    try:  # TOML value syntax: numbers, true/false, "strings", [lists], {tables}
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path, "rb") as f:
+            try:
+                _apply(cfg, tomllib.load(f), str(path))
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    for item in overrides or []:
+        section, key, value = _parse_override(item)
+        _apply(cfg, {section: {key: value}}, "--set")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{dotted} = {value!r} is not allowed; allowed values: {list(allowed)}")
+    from .archs import GENERATOR_SCALES, GENERATORS
+
+    if cfg.model.arch not in GENERATORS:
+        raise ConfigError(f"model.arch = {cfg.model.arch!r}; allowed values: {sorted(GENERATORS)}")
+    if cfg.model.scale not in GENERATOR_SCALES[cfg.model.arch]:
+        raise ConfigError(f"model.scale = {cfg.model.scale} is not supported by {cfg.model.arch}; "
+                          f"allowed values: {list(GENERATOR_SCALES[cfg.model.arch])}")
+    if "upscale" in cfg.model.hparams:
+        raise ConfigError("model.hparams.upscale: set model.scale instead")
+    if cfg.data.hr_patch % cfg.model.scale:
+        raise ConfigError(f"data.hr_patch = {cfg.data.hr_patch} must be a multiple of model.scale "
+                          f"= {cfg.model.scale}")
+    positive = {"data.batch_size": cfg.data.batch_size, "data.hr_patch": cfg.data.hr_patch,
+                "train.total_steps": cfg.train.total_steps, "optim.lr_g": cfg.optim.lr_g,
+                "train.d_steps_per_g": cfg.train.d_steps_per_g}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} = {value} must be > 0")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay = {cfg.train.ema_decay} must be in [0, 1)")
+    if not cfg.data.train_dirs:
+        raise ConfigError("data.train_dirs is empty: give at least one folder of HR images")
+    if cfg.data.lr_dirs and len(cfg.data.lr_dirs) != len(cfg.data.train_dirs):
+        raise ConfigError(f"data.lr_dirs has {len(cfg.data.lr_dirs)} entries but data.train_dirs has "
+                          f"{len(cfg.data.train_dirs)}: give one LR folder per HR folder")
+    for hook in VALIDATORS:
+        hook(cfg)
+
+
+# Extra checks other modules register (e.g. the discriminator's input size against hr_patch).
+VALIDATORS: list[typing.Callable[[Config], None]] = []
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def config_to_toml(cfg: Config) -> str:
+    lines = []
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    from .weights import atomic_write_bytes
+
+    text = config_to_toml(cfg)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def config_digest(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]

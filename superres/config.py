@@ -49,7 +49,7 @@ class DataConfig:
     # Paired mode: LR folders matched to train_dirs by file name (empty = make LR by degradation).
     lr_dirs: list[str] = field(default_factory=list)
     hr_patch: int = 128
-    batch_size: int = 16
+    batch_size: int = 16  # the GLOBAL batch: DDP splits it evenly over the ranks
     num_workers: int = 0
     degradation: str = "bicubic"
     val_dirs: list[str] = field(default_factory=lambda: ["../shared/data/benchmarks/Set5",
@@ -82,6 +82,7 @@ class OptimConfig:
     gamma: float = 0.5
     min_lr_ratio: float = 0.01
     grad_clip: float = 0.0  # 0 = off
+    grad_clip_d: float = 0.0  # the discriminator's max gradient norm; 0 = off
 
 
 @dataclass
@@ -93,6 +94,8 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     deterministic: bool = False
+    # GAN phase: for the first d_warmup_steps only D is trained (G frozen, as BasicSR's
+    # net_d_init_iters), then D trains every step and G every d_steps_per_g-th step.
     d_warmup_steps: int = 0
     d_steps_per_g: int = 1
 
@@ -105,8 +108,46 @@ class LogConfig:
     keep_last: int = 3
     sample_images: int = 3
     best_metric: str = "psnr"
+    val_niqe: bool = False  # also compute NIQE (no-reference) on the validation SR images
     tensorboard: bool = True
     progress: bool = True
+
+
+@dataclass
+class DegradeConfig:
+    """Ranges of the `realistic` degradation (Real-ESRGAN, Wang et al. 2021); defaults are the
+    paper's. A field ending in 2 is the second-order stage's. Ranges are [low, high], sampled
+    uniformly; noise sigma is in 8-bit levels; sizes are kernel side lengths (odd)."""
+    kernel_size: list[int] = field(default_factory=lambda: [7, 21])
+    betag: list[float] = field(default_factory=lambda: [0.5, 4.0])  # generalized Gaussian shape
+    betap: list[float] = field(default_factory=lambda: [1.0, 2.0])  # plateau shape
+    resize_modes: list[str] = field(default_factory=lambda: ["area", "bilinear", "bicubic"])
+    kernel_probs: dict[str, float] = field(default_factory=lambda: {
+        "iso": 0.45, "aniso": 0.25, "generalized_iso": 0.12, "generalized_aniso": 0.03,
+        "plateau_iso": 0.12, "plateau_aniso": 0.03})
+    blur_sigma: list[float] = field(default_factory=lambda: [0.2, 3.0])
+    sinc_prob: float = 0.1
+    resize_probs: dict[str, float] = field(default_factory=lambda: {"up": 0.2, "down": 0.7, "keep": 0.1})
+    resize_range: list[float] = field(default_factory=lambda: [0.15, 1.5])
+    gaussian_noise_prob: float = 0.5  # else Poisson
+    noise_sigma: list[float] = field(default_factory=lambda: [1.0, 30.0])
+    poisson_scale: list[float] = field(default_factory=lambda: [0.05, 3.0])
+    gray_noise_prob: float = 0.4
+    jpeg_quality: list[float] = field(default_factory=lambda: [30.0, 95.0])
+    second_blur_prob: float = 0.8
+    kernel_probs2: dict[str, float] = field(default_factory=lambda: {
+        "iso": 0.45, "aniso": 0.25, "generalized_iso": 0.12, "generalized_aniso": 0.03,
+        "plateau_iso": 0.12, "plateau_aniso": 0.03})
+    blur_sigma2: list[float] = field(default_factory=lambda: [0.2, 1.5])
+    sinc_prob2: float = 0.1
+    resize_probs2: dict[str, float] = field(default_factory=lambda: {"up": 0.3, "down": 0.4, "keep": 0.3})
+    resize_range2: list[float] = field(default_factory=lambda: [0.3, 1.2])
+    gaussian_noise_prob2: float = 0.5
+    noise_sigma2: list[float] = field(default_factory=lambda: [1.0, 25.0])
+    poisson_scale2: list[float] = field(default_factory=lambda: [0.05, 2.5])
+    gray_noise_prob2: float = 0.4
+    jpeg_quality2: list[float] = field(default_factory=lambda: [30.0, 95.0])
+    final_sinc_prob: float = 0.8
 
 
 @dataclass
@@ -118,6 +159,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
 
 # Values with a closed set of choices; validate() checks them. Other modules extend these sets
@@ -252,6 +294,56 @@ def validate(cfg: Config) -> None:
 
 # Extra checks other modules register (e.g. the discriminator's input size against hr_patch).
 VALIDATORS: list[typing.Callable[[Config], None]] = []
+
+
+def uses_discriminator(cfg: Config) -> bool:
+    """Stage 2: an adversarial or feature-matching weight; pixel-only runs build no discriminator."""
+    return cfg.losses.adversarial > 0 or cfg.losses.feature_matching > 0
+
+
+def _check_losses(cfg: Config) -> None:
+    lo = cfg.losses
+    for key in ("pixel_weight", "perceptual", "adversarial", "feature_matching"):
+        if getattr(lo, key) < 0:
+            raise ConfigError(f"losses.{key} = {getattr(lo, key)} must be >= 0")
+    if lo.perceptual > 0:
+        if not lo.vgg_weights:
+            raise ConfigError("losses.perceptual > 0 needs losses.vgg_weights: a torchvision-format VGG19 "
+                              "state dict; none is downloaded. Give its path (.pth or .safetensors), or "
+                              "set losses.perceptual = 0 and use losses.feature_matching instead")
+        from .losses import resolve_vgg_layer
+
+        for name, weight in lo.vgg_layers.items():
+            try:
+                resolve_vgg_layer(name, lo.vgg_before_activation)
+            except ValueError as e:
+                raise ConfigError(f"losses.vgg_layers: {e}") from None
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                raise ConfigError(f"losses.vgg_layers.{name} = {weight!r}: expected a number")
+    if cfg.train.d_warmup_steps < 0:
+        raise ConfigError(f"train.d_warmup_steps = {cfg.train.d_warmup_steps} must be >= 0")
+
+
+def _check_discriminator(cfg: Config) -> None:
+    """The discriminator must exist and accept data.hr_patch (vgg128 takes only 128x128, ...)."""
+    from .archs import DISCRIMINATORS, discriminator_input_error
+
+    if cfg.disc.arch not in DISCRIMINATORS:
+        raise ConfigError(f"disc.arch = {cfg.disc.arch!r}; allowed values: {sorted(DISCRIMINATORS)}")
+    if not uses_discriminator(cfg):
+        return
+    try:
+        why = discriminator_input_error(cfg.disc.arch, cfg.disc.hparams, cfg.data.hr_patch)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"disc.hparams = {cfg.disc.hparams}: {e}") from None
+    if why:
+        raise ConfigError(f"data.hr_patch = {cfg.data.hr_patch} does not fit disc.arch = "
+                          f"{cfg.disc.arch!r}: {why}. Change data.hr_patch or disc.arch")
+    if cfg.optim.lr_d <= 0:
+        raise ConfigError(f"optim.lr_d = {cfg.optim.lr_d} must be > 0")
+
+
+VALIDATORS += [_check_losses, _check_discriminator]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Every sample is a pure function of (seed, global sample index): which image, where to crop and how
 to flip/rotate come from an RNG seeded with both. That makes the data stream deterministic,
 resumable from a single integer (the next sample index) and trivially shardable across
-DataLoader workers and DDP ranks (rank r takes indices r, r+world, ...).
+DataLoader workers and DDP ranks (rank r takes indices r, r+world, ...). DataLoader workers need
+no sharding of their own: the sampler runs in the main process and hands each worker whole
+indices, and since a sample depends on nothing else, the batches are the same with any number of
+workers.
 
 The `bicubic` LR is cut from MATLAB-bicubic-downscaled image regions aligned to the scale grid with
 a margin wider than the kernel, so it equals the crop of `imresize(full_image, 1/scale)`, exactly
@@ -11,9 +14,12 @@ the evaluation protocol's LR, at the cost of resizing only a small region per sa
 """
 from __future__ import annotations
 
+import argparse
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -74,23 +80,29 @@ class _Item:
 class PatchDataset(Dataset):
     """Map-style dataset indexed by a global sample index (any non-negative int).
 
-    Returns {"lr": (3, p, p), "hr": (3, p*s, p*s)} float tensors in [0, 1]; with
-    degradation="none" only "hr" (the training loop degrades batches on the device).
+    Returns {"lr": (3, p, p), "hr": (3, p*s, p*s)} float tensors in [0, 1] for "bicubic" and for
+    paired folders; for "realistic" only {"hr"}: the training loop degrades whole batches on the
+    device with degrade.RealisticDegrader.
     """
+
+    DEGRADATIONS = ("bicubic", "realistic")
 
     def __init__(self, hr_dirs: list[str], *, scale: int, hr_patch: int, seed: int = 0,
                  degradation: str = "bicubic", lr_dirs: list[str] | None = None,
                  augment: bool = True) -> None:
         if hr_patch % scale:
             raise ValueError(f"hr_patch={hr_patch} must be a multiple of scale={scale}")
+        if degradation not in self.DEGRADATIONS:
+            raise ValueError(f"degradation={degradation!r}; allowed values: {list(self.DEGRADATIONS)}")
+        if lr_dirs and len(lr_dirs) != len(hr_dirs):
+            raise ValueError(f"paired mode: {len(lr_dirs)} LR folders for {len(hr_dirs)} HR folders; "
+                             "give one LR folder per HR folder")
         self.scale, self.hr_patch, self.lr_patch = scale, hr_patch, hr_patch // scale
         self.seed, self.degradation, self.augment = seed, degradation, augment
         self.items: list[_Item] = []
         lr_dirs = lr_dirs or []
         for i, d in enumerate(hr_dirs):
-            lr_index = {}
-            if lr_dirs:
-                lr_index = {_stem_key(p): p for p in list_images(lr_dirs[i])}
+            lr_index = _lr_index(lr_dirs[i], scale) if lr_dirs else {}
             for path in list_images(d):
                 hr = load_rgb_uint8(path)
                 h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
@@ -100,7 +112,7 @@ class PatchDataset(Dataset):
                     continue
                 lr = None
                 if lr_dirs:
-                    lr_path = lr_index.get(_stem_key(path))
+                    lr_path = lr_index.get(_pair_key(path, d))
                     if lr_path is None:
                         raise FileNotFoundError(f"paired mode: no LR image for {path} in {lr_dirs[i]}")
                     lr = load_rgb_uint8(lr_path)
@@ -110,6 +122,8 @@ class PatchDataset(Dataset):
                 self.items.append(_Item(path.name, np.ascontiguousarray(hr[:h, :w]), lr))
         if not self.items:
             raise ValueError(f"no usable training images (>= {hr_patch}px) in {hr_dirs}")
+        if lr_dirs and degradation != "bicubic":
+            log.info("paired mode: LR images come from %s; degradation=%r is not used", lr_dirs, degradation)
         # Sample images in proportion to their area so every region is about equally likely.
         areas = np.array([it.hr.shape[0] * it.hr.shape[1] for it in self.items], dtype=np.float64)
         self.probs = areas / areas.sum()
@@ -157,24 +171,61 @@ def bicubic_lr_crop(hr: np.ndarray, scale: int, top: int, left: int, size: int) 
     return lr[top - t0:top - t0 + size, left - l0:left - l0 + size]
 
 
-def _stem_key(path: Path) -> str:
-    """Match LR/HR names that differ by a scale suffix: baby.png ~ babyx4.png ~ baby_x4.png."""
-    stem = path.stem.lower()
-    for suffix in ("x2", "x3", "x4", "x8"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)].rstrip("_-")
-    return stem
+def _pair_key(path: Path, root: str | Path) -> str:
+    """Folder-relative name without extension, lower case: what an HR and its LR image share."""
+    rel = path.relative_to(root)
+    return str(rel.with_suffix("")).lower()
+
+
+def _lr_index(lr_dir: str | Path, scale: int) -> dict[str, Path]:
+    """LR images by pair key, matching baby.png to baby.png, babyx4.png, baby_x4.png or baby-x4.png.
+
+    Only this scale's suffix is removed, and only from LR names: an HR image called box2.png must
+    not be taken for "bo" at x2.
+    """
+    index: dict[str, Path] = {}
+    for p in list_images(lr_dir):
+        key = _pair_key(p, lr_dir)
+        suffix = f"x{scale}"
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+            key = key[:-1] if key.endswith(("_", "-")) else key
+        if key in index:
+            raise ValueError(f"paired mode: {index[key]} and {p} both match the HR image named {key!r}")
+        index[key] = p
+    return index
 
 
 class IndexStreamSampler(Sampler[int]):
     """Yields global sample indices start, start+1, ... sharded by rank: the whole sampler state is
-    `next_index`, so resuming is exact and every rank sees a disjoint share."""
+    `next_index`, so resuming is exact and every rank sees a disjoint share.
 
-    def __init__(self, start_index: int = 0, rank: int = 0, world_size: int = 1,
+    Rank r yields (next_index + j) * world_size + r, so at training step k with a per-rank batch b
+    (next_index = k * b) the ranks together take the global indices [k*b*W, (k+1)*b*W): the same
+    samples as one process with the global batch b*W, in a different order. Like DistributedSampler,
+    rank and world_size default to torch.distributed's when a process group is initialised.
+
+    `next_index` is where iteration starts, not how far it has gone: a DataLoader prefetches ahead
+    of what the loop has consumed, so the caller sets it from the step it resumes at
+    (step * per-rank batch size).
+    """
+
+    def __init__(self, start_index: int = 0, rank: int | None = None, world_size: int | None = None,
                  length: int | None = None) -> None:
+        dist = torch.distributed
+        ddp = dist.is_available() and dist.is_initialized()
+        world_size = world_size if world_size is not None else (dist.get_world_size() if ddp else 1)
+        rank = rank if rank is not None else (dist.get_rank() if ddp else 0)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"IndexStreamSampler: rank={rank} must be in [0, world_size={world_size})")
+        if start_index < 0:
+            raise ValueError(f"IndexStreamSampler: start_index={start_index} must be >= 0")
         self.next_index, self.rank, self.world_size, self.length = start_index, rank, world_size, length
 
-    def __iter__(self):
+    def set_epoch(self, epoch: int) -> None:
+        """Accepted for DistributedSampler-style loops; an endless stream has no epochs to shuffle."""
+
+    def __iter__(self) -> Iterator[int]:
         i = self.next_index
         count = 0
         while self.length is None or count < self.length:
@@ -190,3 +241,112 @@ class IndexStreamSampler(Sampler[int]):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.next_index = int(state["next_index"])
+
+
+# ---------------------------------------------------------------------------------------------
+# `superres prepare`: large images -> overlapping sub-images (DIV2K-style)
+#
+# Decoding a 2K PNG costs more than a training step needs from it; cutting it once into ~480px
+# tiles lets a loader (or PatchDataset's in-memory cache) touch only the pixels a patch uses.
+
+def crop_positions(length: int, crop: int, step: int, thresh_size: int = 0) -> list[int]:
+    """Offsets along one side: every `step` pixels, plus one crop flush with the far edge when the
+    strip the regular grid leaves over is wider than `thresh_size` (narrower strips are dropped).
+    A side shorter than `crop` gives one offset, 0: that side is kept whole."""
+    if length <= crop:
+        return [0]
+    pos = list(range(0, length - crop + 1, step))
+    if length - (pos[-1] + crop) > thresh_size:
+        pos.append(length - crop)
+    return pos
+
+
+# Lossless, and faster than PNG's default level 6 for ~15% larger files.
+_PNG_COMPRESS_LEVEL = 3
+
+
+def _save_png(im: Image.Image, path: Path, icc: bytes | None) -> None:
+    from .weights import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda tmp: im.save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL,
+                                                 icc_profile=icc))
+
+
+def extract_subimages_of(path: Path, out_dir: Path, crop: int, step: int, thresh_size: int) -> int:
+    """Write the sub-images of one image as `<stem>_s001.png`, ... in `out_dir`; returns how many.
+
+    Pixels are copied as they are (bit depth, alpha, ICC profile kept); only modes PNG cannot hold
+    (CMYK, YCbCr) are converted to RGB.
+    """
+    with Image.open(path) as im:
+        icc = im.info.get("icc_profile")
+        im = ImageOps.exif_transpose(im)
+        if im.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+            im = im.convert("RGB")
+        w, h = im.size
+        n = 0
+        for top in crop_positions(h, crop, step, thresh_size):
+            for left in crop_positions(w, crop, step, thresh_size):
+                n += 1
+                tile = im.crop((left, top, min(left + crop, w), min(top + crop, h)))
+                _save_png(tile, out_dir / f"{path.stem}_s{n:03d}.png", icc)
+    return n
+
+
+def _extract_job(job: tuple[Path, Path, int, int, int]) -> int:
+    return extract_subimages_of(*job)
+
+
+def extract_subimages(hr_dir: str | Path, out_dir: str | Path, *, crop: int = 480, step: int = 240,
+                      thresh_size: int = 0, workers: int = 1, progress: bool = True) -> int:
+    """Cut every image under `hr_dir` into crop x crop sub-images every `step` pixels, written as
+    PNG under `out_dir` (same sub-folders). Returns the number of sub-images written."""
+    from tqdm import tqdm
+
+    if crop <= 0 or step <= 0 or thresh_size < 0:
+        raise ValueError(f"crop={crop} and step={step} must be > 0, thresh_size={thresh_size} >= 0")
+    hr_dir, out_dir = Path(hr_dir), Path(out_dir)
+    paths = list_images(hr_dir)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {hr_dir}")
+    if out_dir.resolve() == hr_dir.resolve() or hr_dir.resolve() in out_dir.resolve().parents:
+        raise ValueError(f"output folder {out_dir} is inside the input folder {hr_dir}: a second run "
+                         "would cut the sub-images again; choose a folder outside it")
+    jobs = [(p, out_dir / p.parent.relative_to(hr_dir), crop, step, thresh_size) for p in paths]
+    bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not progress, dynamic_ncols=True)
+    total = 0
+    try:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for n in pool.map(_extract_job, jobs):
+                    total += n
+                    bar.update(1)
+        else:
+            for job in jobs:
+                total += _extract_job(job)
+                bar.update(1)
+    finally:
+        bar.close()
+    log.info("wrote %d sub-images of %d images to %s", total, len(jobs), out_dir)
+    return total
+
+
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hr_dir", help="folder of HR images (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="folder for the sub-images (PNG)")
+    p.add_argument("--crop", type=int, default=480, help="sub-image side in pixels (default 480)")
+    p.add_argument("--step", type=int, default=240, help="distance between sub-images (default 240)")
+    p.add_argument("--thresh-size", type=int, default=0,
+                   help="drop a leftover edge strip up to this many pixels wide instead of adding a "
+                        "sub-image flush with the edge (default 0: always cover the edge)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    try:
+        extract_subimages(args.hr_dir, args.output, crop=args.crop, step=args.step,
+                          thresh_size=args.thresh_size, workers=args.workers)
+    except (FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    return 0

@@ -1,9 +1,24 @@
 """`superres train`: one training loop, read top to bottom.
 
     superres train configs/srresnet_x4_psnr.toml --run-dir runs/psnr --set train.total_steps=20000
+    superres train configs/srgan_x4.toml --run-dir runs/srgan --resume auto
+    torchrun --nproc-per-node 2 -m superres train configs/tiny_cpu.toml --run-dir runs/tiny-ddp
 
-Stage 1 (pixel loss) and stage 2 (GAN) are the same loop with different loss weights. The run
-folder holds config.toml (resolved), checkpoints/, metrics.jsonl, samples/ and best.safetensors.
+Stage 1 (pixel loss) and stage 2 (GAN) are the same loop with different loss weights: with
+losses.adversarial = losses.feature_matching = 0 no discriminator is built at all. In stage 2 one
+step is one batch: the generator step (D frozen), then the discriminator step on the detached SR.
+For the first train.d_warmup_steps steps only D is trained (G frozen, as BasicSR's
+net_d_init_iters: D first learns to tell the pretrained generator's output from HR); after that D
+trains every step and G every train.d_steps_per_g-th step. Both stay one batch per step, so the
+sample stream is a function of the step and resuming is exact.
+
+The run folder holds config.toml (resolved), checkpoints/, metrics.jsonl, samples/, tb/ (when
+tensorboard is installed and log.tensorboard is on) and best.safetensors.
+
+Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) the run is data-parallel: gloo
+on CPU, NCCL on CUDA. data.batch_size is the GLOBAL batch, split evenly over the ranks; rank r
+takes global samples r, r+W, ..., so W ranks see exactly the samples one process would. Only rank 0
+logs, validates and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -11,22 +26,29 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import signal
+import statistics
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt_lib
-from .archs import build_generator
-from .config import Config, ConfigError, config_digest, load_config, save_config
+from . import runtime
+from .archs import build_discriminator, build_generator
+from .config import Config, ConfigError, config_digest, load_config, save_config, uses_discriminator
 from .data import IndexStreamSampler, PatchDataset
-from .weights import load_generator, save_weights
+from .losses import GAN_LOSSES, RELATIVISTIC, VGGPerceptualLoss, feature_matching_loss, pixel_loss
+from .weights import atomic_write_bytes, load_generator, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -35,50 +57,22 @@ log = logging.getLogger(__name__)
 # small pieces the loop uses
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def cpu_supports_bf16() -> bool:
-    """bf16 autocast only pays off on CPUs with native bf16 (AVX-512 BF16 / AMX)."""
-    cap = torch.backends.cpu.get_cpu_capability().lower()
-    if "avx512" not in cap and "amx" not in cap:
-        return False
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
+        return runtime.pick_device(name)
+    except runtime.RuntimeChoiceError as e:
+        raise ConfigError(f"train.device: {e}") from None
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for fp32."""
-    if name == "fp32":
-        return None
-    if name == "fp16":
-        if device.type == "cpu":
-            raise ConfigError("train.precision = 'fp16' is not supported on CPU; use 'bf16' or 'fp32'")
-        return torch.float16
-    if name == "bf16":
-        return torch.bfloat16
-    # auto
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    return None
+    try:
+        return runtime.pick_precision(name, device, training=True)
+    except runtime.RuntimeChoiceError as e:
+        raise ConfigError(f"train.precision: {e}") from None
 
 
 def lr_lambda(cfg: Config):
-    """Multiplier on the base learning rate at a given step."""
+    """Multiplier on the base learning rate at a given step (the same shape for G and D)."""
     o, total = cfg.optim, cfg.train.total_steps
 
     def f(step: int) -> float:
@@ -92,14 +86,6 @@ def lr_lambda(cfg: Config):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
-
-
-def pixel_loss(kind: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    if kind == "l1":
-        return (sr - hr).abs().mean()
-    if kind == "mse":
-        return ((sr - hr) ** 2).mean()
-    return torch.sqrt((sr - hr) ** 2 + 1e-6).mean()  # charbonnier, eps^2 = 1e-6
 
 
 @torch.no_grad()
@@ -139,31 +125,166 @@ class _StopFlag:
         log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
 
 
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment; one process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if cuda:
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return info
+
+
+class GanHealth:
+    """Heuristic alarms on logged records, each warned once per episode:
+
+    - the discriminator wins completely: loss_d below `d_floor` for `patience` logs in a row (G then
+      gets no useful gradient: lower lr_d, raise d_steps_per_g, or use spectral norm / hinge);
+    - the generator collapses: SR std below `std_ratio` x HR std for `patience` logs in a row, or
+      its adversarial loss jumps above `explode` x its recent median.
+    """
+
+    def __init__(self, patience: int = 5, d_floor: float = 0.05, std_ratio: float = 0.25,
+                 explode: float = 10.0) -> None:
+        self.patience, self.d_floor, self.std_ratio, self.explode = patience, d_floor, std_ratio, explode
+        self.d_low = self.std_low = 0
+        self.adv_history: list[float] = []
+        self.active: set[str] = set()
+
+    def _alarm(self, name: str, on: bool, message: str) -> list[str]:
+        if not on:
+            self.active.discard(name)
+            return []
+        if name in self.active:
+            return []
+        self.active.add(name)
+        return [message]
+
+    def check(self, rec: dict[str, float]) -> list[str]:
+        out: list[str] = []
+        step = rec.get("step")
+        if "loss_d" in rec:
+            self.d_low = self.d_low + 1 if rec["loss_d"] < self.d_floor else 0
+            out += self._alarm("d_wins", self.d_low >= self.patience,
+                               f"step {step}: the discriminator wins completely (loss_d {rec['loss_d']:.3g} < "
+                               f"{self.d_floor} for {self.d_low} logs; D(real) {rec.get('d_real', float('nan')):.3g}, "
+                               f"D(fake) {rec.get('d_fake', float('nan')):.3g}): G gets no useful gradient. "
+                               "Lower optim.lr_d or losses.adversarial, or raise train.d_steps_per_g")
+        if "sr_std" in rec and "hr_std" in rec:
+            low = rec["sr_std"] < self.std_ratio * rec["hr_std"]
+            self.std_low = self.std_low + 1 if low else 0
+            out += self._alarm("collapse", self.std_low >= self.patience,
+                               f"step {step}: generator output collapsed (SR std {rec['sr_std']:.3g} vs HR std "
+                               f"{rec['hr_std']:.3g} for {self.std_low} logs); lower losses.adversarial or "
+                               "the learning rates, or resume from an earlier checkpoint")
+        if "l_adv" in rec:
+            v = rec["l_adv"]
+            recent = self.adv_history[-20:]
+            base = statistics.median(recent) if len(recent) >= 3 else None
+            exploded = not math.isfinite(v) or (base is not None and abs(v) > self.explode * max(abs(base), 1.0))
+            out += self._alarm("explode", exploded,
+                               f"step {step}: the generator's adversarial loss exploded ({v:.3g}, recent "
+                               f"median {base if base is not None else float('nan'):.3g})")
+            self.adv_history.append(v)
+        return out
+
+
+def open_tensorboard(run_dir: Path, enabled: bool):
+    """A SummaryWriter on run_dir/tb, or None: tensorboard is optional."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed: metrics go to metrics.jsonl only "
+                 "(pip install tensorboard, or set log.tensorboard = false to silence this)")
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after `step`: they came from the part of a killed run that a resume redoes."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+        if rec.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
+
+
+def check_finite(values: dict[str, float], step: int) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f"step {step + 1}: non-finite loss {bad}; stopping before the weights are saved. Resume from "
+            "the last checkpoint with a lower learning rate, optim.grad_clip, or train.precision = 'fp32'")
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 
 def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[str, Any]:
-    """Train as configured; returns a summary dict (final step, losses, best metric)."""
+    """Train as configured; returns a summary dict (final step, best metric, run folder)."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.toml")
-    t, lg = cfg.train, cfg.log
+    t, lg, lo = cfg.train, cfg.log, cfg.losses
+    dinfo = init_distributed(t.device)
+    main = dinfo.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
 
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
         torch.use_deterministic_algorithms(True)
     device = pick_device(t.device)
+    if device.type == "cuda" and dinfo.enabled:
+        device = torch.device("cuda", dinfo.local_rank)
     amp_dtype = pick_precision(t.precision, device)
     mem_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    log.info("device %s, precision %s, channels_last %s", device,
-             amp_dtype or "fp32", t.channels_last)
+    if cfg.data.batch_size % dinfo.world_size:
+        raise ConfigError(f"data.batch_size = {cfg.data.batch_size} is the global batch and must be "
+                          f"divisible by the {dinfo.world_size} processes")
+    batch_per_rank = cfg.data.batch_size // dinfo.world_size
+    log.info("device %s, precision %s, channels_last %s, %d process(es) x batch %d", device,
+             amp_dtype or "fp32", t.channels_last, dinfo.world_size, batch_per_rank)
 
-    # -- models and optimisers ---------------------------------------------------------------
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    # -- generator, its EMA copy and optimiser ----------------------------------------------
     gen = build_generator(cfg.model.arch, upscale=cfg.model.scale, **cfg.model.hparams)
     if cfg.model.pretrained:
+        if not Path(cfg.model.pretrained).is_file():
+            raise ConfigError(f"model.pretrained = {cfg.model.pretrained!r}: no such file (paths are relative "
+                              f"to the working folder {Path.cwd()}); train stage 1 first or fix the path")
         src, info = load_generator(cfg.model.pretrained)
         if info["arch"] != cfg.model.arch or info["hparams"] != gen.hparams:
             raise ConfigError(f"model.pretrained {cfg.model.pretrained} is {info['arch']} "
@@ -178,13 +299,51 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                              weight_decay=cfg.optim.weight_decay)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(cfg))
 
-    # -- resume ----------------------------------------------------------------------------
+    # -- stage 2 only: discriminator, its optimiser, the GAN loss pair ----------------------
+    disc = opt_d = sched_d = None
+    if uses_discriminator(cfg):
+        disc = build_discriminator(cfg.disc.arch, **cfg.disc.hparams).to(device, memory_format=mem_format)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr_d, betas=tuple(cfg.optim.betas),
+                                 weight_decay=cfg.optim.weight_decay)
+        sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(cfg))
+        log.info("discriminator %s %s; GAN loss %s (weight %g), feature matching %g", cfg.disc.arch,
+                 disc.hparams, lo.gan_type, lo.adversarial, lo.feature_matching)
+    g_adv_loss, d_adv_loss = GAN_LOSSES[lo.gan_type]
+    need_real_logits = disc is not None and (lo.gan_type in RELATIVISTIC or lo.feature_matching > 0)
+
+    percep = None
+    if lo.perceptual > 0:
+        if not Path(lo.vgg_weights).is_file():
+            raise ConfigError(f"losses.vgg_weights = {lo.vgg_weights!r}: no such file. losses.perceptual > 0 "
+                              "needs a torchvision-format VGG19 state dict; none is downloaded")
+        try:
+            percep = VGGPerceptualLoss.from_file(lo.vgg_weights, lo.vgg_layers,
+                                                 before_activation=lo.vgg_before_activation)
+        except ValueError as e:
+            raise ConfigError(f"losses.vgg_weights: {e}") from e
+        percep = percep.to(device, memory_format=mem_format)
+
+    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (a disabled scaler
+    # passes everything through unchanged).
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    # -- realistic degradation runs on the device, batch-wise, with its own seeded RNG ------
+    degrader = deg_rng = None
+    if cfg.data.degradation == "realistic":
+        from .degrade import RealisticDegrader
+
+        degrader = RealisticDegrader(cfg.degrade, cfg.model.scale)
+        # On the CPU whatever the device: the degrader draws one seed per batch from it and makes its
+        # noise on the device itself. One stream per rank, as each rank degrades different images.
+        deg_rng = torch.Generator()
+        deg_rng.manual_seed(int(np.random.SeedSequence([t.seed, dinfo.rank]).generate_state(1)[0]))
+
+    # -- resume ------------------------------------------------------------------------------
     step, best = 0, None
-    resume_path = None
-    if resume == "auto":
-        resume_path = ckpt_lib.latest_checkpoint(ckpt_dir)
-    elif resume:
-        resume_path = Path(resume)
+    next_sample = 0  # the global sample index the next batch starts at
+    resume_path = ckpt_lib.latest_checkpoint(ckpt_dir) if resume == "auto" else (Path(resume) if resume else None)
+    if resume == "auto" and resume_path is None:
+        log.info("--resume auto: no checkpoint in %s, starting from scratch", ckpt_dir)
     if resume_path is not None:
         state = ckpt_lib.load_train_state(resume_path)
         gen.load_state_dict(state["gen"])
@@ -192,79 +351,213 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
         opt_g.load_state_dict(state["opt_g"])
         sched_g.load_state_dict(state["sched_g"])
         step, best = int(state["step"]), state.get("best")
+        next_sample = int(state.get("sampler", {}).get("next_index", step * cfg.data.batch_size))
+        if disc is not None:
+            if "disc" in state:
+                disc.load_state_dict(state["disc"])
+                opt_d.load_state_dict(state["opt_d"])
+                sched_d.load_state_dict(state["sched_d"])
+            else:
+                log.info("%s has no discriminator (a stage-1 checkpoint): D starts fresh", resume_path)
+        if scaler.is_enabled() and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        if deg_rng is not None:
+            saved = state.get("degrader_rng")
+            if saved is not None and len(saved) == dinfo.world_size:
+                deg_rng.set_state(saved[dinfo.rank])
+            else:
+                log.warning("%s has no degradation RNG state for %d process(es): reseeded", resume_path,
+                            dinfo.world_size)
         set_rng_state(state["rng"])
+        if state.get("config_digest") != config_digest(cfg):
+            log.info("the config differs from the one %s was trained with", resume_path.name)
+        if main:
+            truncate_metrics(run_dir / "metrics.jsonl", step)
         log.info("resumed from %s at step %d", resume_path, step)
 
-    # -- data ------------------------------------------------------------------------------
+    gen_train, disc_train = gen, disc  # what forward/backward go through (DDP wrappers if distributed)
+    if dinfo.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        gen_train = nn.parallel.DistributedDataParallel(gen, device_ids=ids)
+        if disc is not None:
+            disc_train = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+
+    # -- data --------------------------------------------------------------------------------
     dataset = PatchDataset(cfg.data.train_dirs, scale=cfg.model.scale, hr_patch=cfg.data.hr_patch,
                            seed=t.seed, degradation=cfg.data.degradation,
                            lr_dirs=cfg.data.lr_dirs or None)
-    # The sampler's whole state is the next sample index, which follows from the step.
-    sampler = IndexStreamSampler(start_index=step * cfg.data.batch_size)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler,
+    # The sampler's whole state is the next global sample index; rank r takes r, r+W, r+2W, ...
+    sampler = IndexStreamSampler(start_index=-(-next_sample // dinfo.world_size), rank=dinfo.rank,
+                                 world_size=dinfo.world_size)
+    loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler,
                         num_workers=cfg.data.num_workers, drop_last=True,
                         persistent_workers=cfg.data.num_workers > 0)
     batches = iter(loader)
+    sample_base, step_base = sampler.next_index * dinfo.world_size, step
 
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
+    tb = open_tensorboard(run_dir, lg.tensorboard) if main else None
+    health = GanHealth()
+    last_saved = step if resume_path is not None else -1
 
     def save_checkpoint() -> None:
+        """All ranks call this (the degradation RNG states are gathered); rank 0 writes."""
+        nonlocal last_saved
+        deg_states = None
+        if deg_rng is not None:
+            deg_states = [deg_rng.get_state()]
+            if dinfo.enabled:
+                deg_states = [None] * dinfo.world_size
+                dist.all_gather_object(deg_states, deg_rng.get_state())
+        last_saved = step
+        if not main:
+            return
         state = {"step": step, "gen": gen.state_dict(), "ema": ema.state_dict(),
                  "opt_g": opt_g.state_dict(), "sched_g": sched_g.state_dict(), "rng": rng_state(),
-                 "sampler": {"next_index": step * cfg.data.batch_size}, "best": best,
-                 "config_digest": config_digest(cfg)}
+                 "sampler": {"next_index": sample_base + (step - step_base) * cfg.data.batch_size},
+                 "best": best, "config_digest": config_digest(cfg)}
+        if disc is not None:
+            state.update(disc=disc.state_dict(), opt_d=opt_d.state_dict(), sched_d=sched_d.state_dict())
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
+        if deg_states is not None:
+            state["degrader_rng"] = deg_states
         ckpt_lib.save_train_state(ckpt_lib.checkpoint_path(ckpt_dir, step), state)
         ckpt_lib.prune_checkpoints(ckpt_dir, lg.keep_last)
 
     def write_metrics(record: dict[str, Any]) -> None:
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
+        if tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    tb.add_scalar(k if "/" in k else f"train/{k}", v, record["step"])
 
     from tqdm import tqdm
 
-    bar = tqdm(total=t.total_steps, initial=step, disable=not lg.progress, dynamic_ncols=True,
+    bar = tqdm(total=t.total_steps, initial=step, disable=not (lg.progress and main), dynamic_ncols=True,
                desc="train")
-    running: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     t_last, step_last = time.time(), step
+    mid_step = failed = False
     try:
         while step < t.total_steps and not stop.requested:
+            mid_step = True
             batch = next(batches)
-            lr = batch["lr"].to(device, non_blocking=True).contiguous(memory_format=mem_format)
             hr = batch["hr"].to(device, non_blocking=True)
+            if degrader is not None:
+                lr = degrader(hr, deg_rng)
+            else:
+                lr = batch["lr"].to(device, non_blocking=True)
+            lr = lr.contiguous(memory_format=mem_format)
+            # Stage 1 trains G every step; stage 2 trains D every step and G after D's warm-up.
+            train_g = disc is None or (step >= t.d_warmup_steps
+                                       and (step - t.d_warmup_steps) % t.d_steps_per_g == 0)
+            logs: dict[str, torch.Tensor] = {}
 
-            # -- generator step ----------------------------------------------------------------
+            # -- generator step, D frozen ----------------------------------------------------------
             gen.train()
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                sr = gen(lr)
+            if disc is not None:
+                disc.requires_grad_(False)
+            with torch.set_grad_enabled(train_g), autocast():
+                sr = gen_train(lr)
             sr = sr.float()
-            l_pix = pixel_loss(cfg.losses.pixel, sr, hr)
-            loss_g = cfg.losses.pixel_weight * l_pix
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.optim.grad_clip)
-            opt_g.step()
-            sched_g.step()
-            ema_update(ema, gen, t.ema_decay)
-            step += 1
-            bar.update(1)
+            if train_g:
+                l_pix = pixel_loss(lo.pixel, sr, hr)
+                loss_g = lo.pixel_weight * l_pix
+                logs["l_pix"] = l_pix
+                if percep is not None:
+                    with autocast():
+                        l_percep = percep(sr, hr)
+                    loss_g = loss_g + lo.perceptual * l_percep
+                    logs["l_percep"] = l_percep
+                if disc is not None:  # the raw module: D is frozen here and its DDP wrapper syncs D only
+                    with autocast():
+                        fake_logits, fake_feats = disc(sr, return_features=True)
+                        real_logits = real_feats = None
+                        if need_real_logits:
+                            with torch.no_grad():
+                                real_logits, real_feats = disc(hr, return_features=True)
+                    if lo.adversarial > 0:
+                        l_adv = g_adv_loss(fake_logits.float(),
+                                           None if real_logits is None else real_logits.float())
+                        loss_g = loss_g + lo.adversarial * l_adv
+                        logs["l_adv"] = l_adv
+                    if lo.feature_matching > 0:
+                        l_fm = feature_matching_loss(fake_feats, real_feats)
+                        loss_g = loss_g + lo.feature_matching * l_fm
+                        logs["l_fm"] = l_fm
+                    logs["sr_std"], logs["hr_std"] = sr.detach().std(), hr.std()
+                logs["loss_g"] = loss_g
+                opt_g.zero_grad(set_to_none=True)
+                scaler.scale(loss_g).backward()
+                if cfg.optim.grad_clip > 0:
+                    scaler.unscale_(opt_g)
+                    torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.optim.grad_clip)
+                scaler.step(opt_g)
+            if train_g:
+                sched_g.step()
+                ema_update(ema, gen, t.ema_decay)
+            else:  # G's schedule follows the step count, also on steps where only D trains
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    sched_g.step()
 
-            for k, v in {"l_pix": l_pix.item(), "loss_g": loss_g.item()}.items():
-                running[k] = running.get(k, 0.0) + v
+            # -- discriminator step on the detached SR ---------------------------------------------
+            if disc is not None:
+                disc.requires_grad_(True)
+                with autocast():
+                    real_logits = disc_train(hr)
+                    fake_logits = disc_train(sr.detach())
+                loss_d = d_adv_loss(real_logits.float(), fake_logits.float())
+                opt_d.zero_grad(set_to_none=True)
+                scaler.scale(loss_d).backward()
+                if cfg.optim.grad_clip_d > 0:
+                    scaler.unscale_(opt_d)
+                    torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.optim.grad_clip_d)
+                scaler.step(opt_d)
+                sched_d.step()
+                logs.update(loss_d=loss_d.detach(), d_real=real_logits.detach().float().mean(),
+                            d_fake=fake_logits.detach().float().mean())
+            scaler.update()
+
+            values = {k: v.item() for k, v in logs.items()}
+            if not scaler.is_enabled():  # with fp16 a scaler skips inf steps; otherwise it is fatal
+                check_finite(values, step)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            step += 1
+            mid_step = False
+            bar.update(1)
 
             # -- logging, validation, checkpoints ----------------------------------------------
             if step % lg.log_every == 0 or step == t.total_steps:
-                n = step - step_last
-                rec = {"step": step, "lr_g": sched_g.get_last_lr()[0],
-                       "it_per_s": n / max(1e-9, time.time() - t_last)}
-                rec.update({k: v / n for k, v in running.items()})
-                write_metrics(rec)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k.startswith("l")})
-                running, t_last, step_last = {}, time.time(), step
-            if lg.val_every and (step % lg.val_every == 0 or step == t.total_steps):
-                result = validate(ema, cfg, device, amp_dtype, run_dir, step)
+                keys = sorted(sums)
+                if dinfo.enabled:  # the mean over all ranks, as one process would log it
+                    packed = torch.tensor([sums[k] for k in keys], dtype=torch.float64,
+                                          device=device if device.type == "cuda" else "cpu")
+                    dist.all_reduce(packed)
+                    sums = dict(zip(keys, (packed / dinfo.world_size).tolist()))
+                if main:
+                    n = step - step_last
+                    rec: dict[str, Any] = {"step": step, "lr_g": sched_g.get_last_lr()[0]}
+                    if sched_d is not None:
+                        rec["lr_d"] = sched_d.get_last_lr()[0]
+                    rec["it_per_s"] = n / max(1e-9, time.time() - t_last)
+                    rec.update({k: sums[k] / counts[k] for k in keys})
+                    write_metrics(rec)
+                    for warning in health.check(rec):
+                        log.warning("%s", warning)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items()
+                                     if k.startswith(("l", "d_")) and k != "lr_g" and k != "lr_d"})
+                sums, counts, t_last, step_last = {}, {}, time.time(), step
+            if (lg.val_every and cfg.data.val_dirs and main
+                    and (step % lg.val_every == 0 or step == t.total_steps)):
+                result = validate(ema, cfg, device, amp_dtype, run_dir, step, tb)
                 write_metrics({"step": step, **result})
                 key = f"val/{lg.best_metric}"
                 score = result.get(key)
@@ -277,34 +570,100 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                 log.info("step %d validation %s", step, {k: round(v, 4) for k, v in result.items()})
             if step % lg.ckpt_every == 0:
                 save_checkpoint()
+            if dinfo.enabled:  # a signal may reach only some ranks: stop together or not at all
+                flag = torch.tensor([float(stop.requested)], device=device if device.type == "cuda" else "cpu")
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop.requested = bool(flag.item())
+    except BaseException:
+        failed = True
+        raise
     finally:
         bar.close()
-        if step > 0 and not (ckpt_lib.latest_checkpoint(ckpt_dir) or Path()).name.endswith(f"{step:08d}.pt"):
+        # A step cut short leaves G and D half-updated: keep the last good checkpoint instead. Under
+        # DDP the other ranks may be gone after a failure, so only a clean exit saves there.
+        if step > 0 and step != last_saved and not mid_step and not (failed and dinfo.enabled):
             save_checkpoint()
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        if tb is not None:
+            tb.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
+        torch.use_deterministic_algorithms(was_deterministic)
+        if dinfo.enabled:
+            dist.destroy_process_group()
     return {"step": step, "best": best, "run_dir": str(run_dir)}
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+def _hr_folder(d: str | Path) -> Path:
+    """A benchmark folder (Set5/ with HR/ and LR_bicubic/ inside) or a plain folder of HR images."""
+    d = Path(d)
+    return d / "HR" if (d / "HR").is_dir() else d
+
+
+def _val_name(d: str | Path) -> str:
+    return Path(d).name if Path(d).name != "HR" else Path(d).parent.name
 
 
 @torch.no_grad()
 def validate(model: nn.Module, cfg: Config, device: torch.device, amp_dtype, run_dir: Path,
-             step: int) -> dict[str, float]:
-    """PSNR/SSIM (Y, shave=scale) of `model` on each validation folder; saves a few samples."""
+             step: int, tb=None) -> dict[str, float]:
+    """PSNR/SSIM (Y, shave=scale) and optionally NIQE of `model` on each validation folder; saves
+    SR samples from the first folder to run_dir/samples."""
     from .evaluate import evaluate_generator
 
+    metrics = ("psnr", "ssim")
+    if cfg.log.val_niqe or cfg.log.best_metric == "niqe":
+        metrics += ("niqe",)
     out: dict[str, float] = {}
     for d in cfg.data.val_dirs:
-        res = evaluate_generator(model, d, cfg.model.scale, metrics=("psnr", "ssim"), device=str(device),
+        res = evaluate_generator(model, d, cfg.model.scale, metrics=metrics, device=str(device),
                                  max_images=cfg.data.val_max_images or None)
-        name = Path(d).name if Path(d).name != "HR" else Path(d).parent.name
-        out[f"val/{name}/psnr"] = float(res["psnr"])
-        out[f"val/{name}/ssim"] = float(res["ssim"])
+        for m in metrics:
+            out[f"val/{_val_name(d)}/{m}"] = float(res[m])
     if cfg.data.val_dirs:
-        names = [k for k in out if k.endswith("/psnr")]
-        out["val/psnr"] = float(np.mean([out[k] for k in names]))
-        out["val/ssim"] = float(np.mean([out[k.replace("/psnr", "/ssim")] for k in names]))
+        for m in metrics:
+            out[f"val/{m}"] = float(np.mean([out[f"val/{_val_name(d)}/{m}"] for d in cfg.data.val_dirs]))
+        if cfg.log.sample_images > 0:
+            save_samples(model, _hr_folder(cfg.data.val_dirs[0]), cfg.model.scale, cfg.log.sample_images,
+                         run_dir / "samples", step, device, tb)
     return out
+
+
+@torch.no_grad()
+def save_samples(model: nn.Module, hr_dir: Path, scale: int, count: int, out_dir: Path, step: int,
+                 device: torch.device, tb=None, lr_crop: int = 48) -> list[Path]:
+    """For the first `count` images: a centre crop as [LR (nearest) | SR | HR] side by side, so the
+    samples of successive steps can be compared at a glance."""
+    from PIL import Image
+
+    from .data import list_images, load_rgb_uint8, to_tensor
+    from .degrade import imresize
+
+    was_training = model.training
+    model.eval()
+    paths = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in list_images(hr_dir, recursive=False)[:count]:
+        hr = load_rgb_uint8(path)
+        side = min(hr.shape[0], hr.shape[1], lr_crop * scale) // scale * scale
+        top, left = (hr.shape[0] - side) // 2, (hr.shape[1] - side) // 2
+        hr = hr[top:top + side, left:left + side]
+        lr = imresize(hr, 1 / scale)
+        sr = model(to_tensor(lr)[None].to(device)).float().clamp_(0, 1)[0]
+        sr = (sr.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        lr_big = lr.repeat(scale, axis=0).repeat(scale, axis=1)
+        strip = np.concatenate([lr_big, sr, hr], axis=1)
+        dest = out_dir / f"step{step:08d}_{path.stem}.png"
+        Image.fromarray(strip).save(dest)
+        paths.append(dest)
+        if tb is not None:
+            tb.add_image(f"samples/{path.stem}", strip, step, dataformats="HWC")
+    model.train(was_training)
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,12 +679,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # one copy of the log, from rank 0
     try:
         cfg = load_config(args.config, args.overrides)
+        run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+        summary = train(cfg, run_dir, resume=args.resume)
     except ConfigError as e:
         log.error("%s", e)
         return 2
-    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
-    summary = train(cfg, run_dir, resume=args.resume)
     log.info("finished at step %d; run folder %s", summary["step"], summary["run_dir"])
     return 0

@@ -1,0 +1,516 @@
+"""The benchmark protocol of the SR literature, and `superres eval`.
+
+HR folder in -> HR cropped to a multiple of the scale -> LR by MATLAB bicubic -> upscaler ->
+output rounded to uint8 -> PSNR/SSIM on Y with `scale` pixels shaved, NIQE on Y (see metrics.py).
+An upscaler is any function from an LR uint8 image to an SR uint8 image: the `bicubic` baseline or
+a generator run on the whole image in fp32. The training loop's validation calls
+`evaluate_generator`, which shares `evaluate_pairs` with the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+from tqdm import tqdm
+
+from . import metrics as M
+from .data import list_images
+from .degrade import imresize
+
+log = logging.getLogger(__name__)
+
+Upscaler = Callable[[np.ndarray], np.ndarray]   # LR uint8 (HxW or HxWx3) -> SR uint8
+METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb", "niqe", "lpips")
+_FORMATS = {"psnr": ".2f", "psnr_rgb": ".2f", "ssim": ".4f", "ssim_rgb": ".4f", "niqe": ".2f", "lpips": ".4f"}
+
+
+# ---------------------------------------------------------------------------------------------
+# data: HR folder -> (name, HR, LR) pairs, cached per process
+
+@dataclass(frozen=True)
+class Pair:
+    name: str            # file name of the HR image
+    hr: np.ndarray       # uint8 HxW (gray) or HxWx3, cropped to a multiple of the scale
+    lr: np.ndarray       # uint8, hr's size / scale
+
+
+def hr_folder(path: str | os.PathLike) -> Path:
+    """The folder holding the HR images: `path/HR` when it exists, else `path`."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"dataset folder {p} does not exist")
+    return p / "HR" if (p / "HR").is_dir() else p
+
+
+def dataset_name(path: str | os.PathLike) -> str:
+    """`.../Set5` and `.../Set5/HR` are both called "Set5"."""
+    p = Path(path).expanduser().resolve()
+    return p.parent.name if p.name.lower() == "hr" else p.name
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """uint8 HxW for gray files (kept gray: a gray image is its own Y), else HxWx3."""
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit gray: the benchmark protocol is 8-bit, round to it.
+            arr = np.asarray(im, dtype=np.float64)
+            return np.clip(np.floor(arr / 257.0 + 0.5), 0, 255).astype(np.uint8)
+        if im.mode in ("L", "LA", "1"):
+            return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(img)).save(path)
+
+
+def _lr_key(stem: str, scale: int) -> str:
+    # baby, babyx4, baby_x4, baby-x4, baby_x4_LR, baby_LR and baby_bicubic all name "baby".
+    key = stem.lower()
+    key = re.sub(r"[_\-.]?(lr|bicubic)$", "", key)
+    key = re.sub(rf"[_\-.]?x{scale}$", "", key)
+    return re.sub(r"[_\-.]?(lr|bicubic)$", "", key)
+
+
+def _hr_key(stem: str) -> str:
+    return re.sub(r"[_\-.]hr$", "", stem.lower())
+
+
+_PAIR_CACHE: dict[tuple, list[Pair]] = {}
+
+
+def load_pairs(hr_dir: str | os.PathLike, scale: int, *, lr_dir: str | os.PathLike | None = None,
+               max_images: int | None = None) -> list[Pair]:
+    """(name, HR, LR) for every image of `hr_dir` (or its `HR/` subfolder), sorted by name.
+
+    Without `lr_dir` the LR is `imresize(hr, 1/scale)` (MATLAB bicubic) of the cropped HR; with it,
+    LR files are matched to HR files by name stem (suffixes like x4, _x4, _LR are tolerated) and HR
+    is cropped to LR size * scale. Results are cached per process (keyed by the files' names, sizes
+    and modification times), so repeated validations do not redo the resizing.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    folder = hr_folder(hr_dir)
+    paths = list_images(folder, recursive=False)
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder} (looked for png/jpg/bmp/tif/webp files)")
+    lr_paths = list_images(Path(lr_dir).expanduser(), recursive=False) if lr_dir else []
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths + lr_paths)
+    key = (str(folder.resolve()), scale, str(lr_dir), stamp)
+    if key not in _PAIR_CACHE:
+        _PAIR_CACHE[key] = _make_pairs(paths, scale, lr_paths, lr_dir)
+    pairs = _PAIR_CACHE[key]
+    return pairs[:max_images] if max_images else pairs
+
+
+def _make_pairs(paths: list[Path], scale: int, lr_paths: list[Path], lr_dir) -> list[Pair]:
+    by_key: dict[str, Path] = {}
+    for p in lr_paths:
+        k = _lr_key(p.stem, scale)
+        if k in by_key:
+            raise ValueError(f"LR folder {lr_dir}: {by_key[k].name} and {p.name} both match HR name {k!r}")
+        by_key[k] = p
+    pairs = []
+    for p in paths:
+        hr = read_image(p)
+        if lr_dir:
+            lp = by_key.get(_hr_key(p.stem))
+            if lp is None:
+                raise FileNotFoundError(f"no LR image for {p.name} in {lr_dir} (looked for {p.stem}.png, "
+                                        f"{p.stem}x{scale}.png and similar)")
+            lr = read_image(lp)
+            h, w = lr.shape[0] * scale, lr.shape[1] * scale
+            if hr.shape[0] < h or hr.shape[1] < w:
+                raise ValueError(f"{lp} is {lr.shape[1]}x{lr.shape[0]}: x{scale} of it is larger than "
+                                 f"{p} ({hr.shape[1]}x{hr.shape[0]})")
+            if lr.ndim != hr.ndim:
+                lr = lr if hr.ndim == 3 else np.round(M.rgb_to_gray(lr)).astype(np.uint8)
+                lr = np.repeat(lr[..., None], 3, axis=2) if lr.ndim == 2 and hr.ndim == 3 else lr
+            pairs.append(Pair(p.name, np.ascontiguousarray(hr[:h, :w]), lr))
+            continue
+        h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
+        if h == 0 or w == 0:
+            raise ValueError(f"{p} ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale {scale}")
+        hr = np.ascontiguousarray(hr[:h, :w])
+        pairs.append(Pair(p.name, hr, imresize(hr, 1 / scale)))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# upscalers
+
+def bicubic_upscaler(scale: int) -> Upscaler:
+    """MATLAB bicubic, uint8 in and out; gray stays gray."""
+    return lambda lr: imresize(lr, float(scale))
+
+
+def generator_upscaler(model: nn.Module, device: str | torch.device = "cpu",
+                       autocast_bf16: bool = False) -> Upscaler:
+    """Run `model` (already on `device`, in eval mode) on the whole LR image.
+
+    fp32 unless autocast_bf16. A gray LR is replicated to 3 channels for RGB models; the output is
+    clamped to [0, 1] and rounded to uint8 like an image file.
+    """
+    device = torch.device(device)
+    in_ch = int(getattr(model, "hparams", {}).get("num_in_ch", 3))
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        arr = lr
+        if arr.ndim == 2 and in_ch == 3:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        elif arr.ndim == 3 and in_ch == 1:
+            arr = np.round(M.rgb_to_gray(arr)).astype(np.uint8)
+        x = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+        x = (x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]).float() / 255.0   # (1, C, H, W)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            y = model(x)                                                                    # (1, C, H*s, W*s)
+        y = (y.float().clamp(0, 1) * 255.0).round().to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
+        return y[..., 0] if y.shape[2] == 1 else y
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+def _check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(m.strip().lower() for m in metrics if m.strip())
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise ValueError(f"unknown metric(s) {bad or names}; allowed values: {', '.join(METRICS)}")
+    return names
+
+
+def _score(sr: np.ndarray, pair: Pair, scale: int, metrics: tuple[str, ...], niqe_params, lpips_model,
+           device) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in metrics:
+        if m in ("psnr", "psnr_rgb"):
+            out[m] = M.psnr(sr, pair.hr, scale, y_channel=(m == "psnr"))
+        elif m in ("ssim", "ssim_rgb"):
+            out[m] = M.ssim(sr, pair.hr, scale, y_channel=(m == "ssim"))
+        elif m == "niqe":
+            # An RGB output of a gray image is scored as gray, like the gray reference.
+            img = np.round(M.rgb_to_gray(sr)).astype(np.uint8) if pair.hr.ndim == 2 and sr.ndim == 3 else sr
+            try:
+                out[m] = M.niqe(img, shave=scale, params=niqe_params)
+            except ValueError as e:
+                raise ValueError(f"NIQE of {pair.name}: {e}") from e
+        elif m == "lpips":
+            out[m] = M.lpips(sr, pair.hr, lpips_model, device)
+    return out
+
+
+def evaluate_pairs(upscale: Upscaler, pairs: list[Pair], scale: int,
+                   metrics: Iterable[str] = ("psnr", "ssim"), *, niqe_params: M.NiqeParams | str | None = None,
+                   lpips_model: M.LPIPS | None = None, device: str | torch.device = "cpu",
+                   on_output: Callable[[Pair, np.ndarray], None] | None = None,
+                   progress: tqdm | bool = False, desc: str = "") -> dict[str, Any]:
+    """Upscale every pair's LR and score it against its HR.
+
+    Returns {"<metric>": mean, ..., "seconds_per_image": mean upscaling time, "per_image":
+    [{"name", "<metric>", ..., "seconds"}]}. `on_output(pair, sr)` sees each SR image (for saving).
+    `progress` is a tqdm bar to advance, True for a new one, or False.
+    """
+    metrics = _check_metrics(metrics)
+    if "niqe" in metrics and not isinstance(niqe_params, M.NiqeParams):
+        niqe_params = M.load_niqe_params(niqe_params)
+    if "lpips" in metrics and lpips_model is None:
+        raise ValueError("the lpips metric needs an LPIPS model: see metrics.load_lpips (--lpips-backbone, --lpips-lin)")
+    bar = progress if isinstance(progress, tqdm) else tqdm(total=len(pairs), desc=desc, disable=not progress)
+    rows = []
+    try:
+        for pair in pairs:
+            t0 = time.perf_counter()
+            sr = upscale(pair.lr)
+            seconds = time.perf_counter() - t0
+            if sr.shape[:2] != pair.hr.shape[:2]:
+                raise ValueError(f"{pair.name}: the upscaler returned {sr.shape[1]}x{sr.shape[0]} for a "
+                                 f"{pair.lr.shape[1]}x{pair.lr.shape[0]} input; expected x{scale} = "
+                                 f"{pair.hr.shape[1]}x{pair.hr.shape[0]} (is the model's scale {scale}?)")
+            rows.append({"name": pair.name, **_score(sr, pair, scale, metrics, niqe_params, lpips_model, device),
+                         "seconds": seconds})
+            if on_output is not None:
+                on_output(pair, sr)
+            bar.update(1)
+    finally:
+        if bar is not progress:
+            bar.close()
+    summary: dict[str, Any] = {m: float(np.mean([r[m] for r in rows])) for m in metrics}
+    summary["seconds_per_image"] = float(np.mean([r["seconds"] for r in rows]))
+    summary["per_image"] = rows
+    return summary
+
+
+def evaluate_generator(model: nn.Module, hr_dir: str | os.PathLike, scale: int,
+                       metrics: Iterable[str] = ("psnr", "ssim"), device: str | torch.device = "cpu",
+                       max_images: int | None = None, autocast_bf16: bool = False,
+                       niqe_params: M.NiqeParams | str | None = None) -> dict[str, Any]:
+    """Validation for the training loop: `model` on the benchmark protocol for one HR folder.
+
+    The model is run on `device` (moved there and back if it lives elsewhere) in eval mode; its
+    training flag is restored afterwards. Returns the `evaluate_pairs` summary.
+    """
+    pairs = load_pairs(hr_dir, scale, max_images=max_images)
+    device = torch.device(device)
+    params = list(model.parameters())
+    home = params[0].device if params else device
+    was_training = model.training
+    model.eval()
+    if home != device:
+        model.to(device)
+    try:
+        return evaluate_pairs(generator_upscaler(model, device, autocast_bf16), pairs, scale, metrics,
+                              niqe_params=niqe_params, device=device)
+    finally:
+        if home != device:
+            model.to(home)
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+def _fmt(value: float, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return format(value, _FORMATS.get(metric, ".4f"))
+
+
+def markdown_table(results: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
+    """Rows: models; columns: dataset x metric, then seconds per image over all datasets."""
+    models = list(dict.fromkeys(r["model"] for r in results))
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    header = ["model"] + [f"{d} {m.upper().replace('_RGB', ' (RGB)')}" for d in datasets for m in metrics] + ["s/img"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for model in models:
+        cells, secs, count = [model], 0.0, 0
+        for d in datasets:
+            r = next((x for x in results if x["model"] == model and x["dataset"] == d), None)
+            cells += [_fmt(r[m], m) if r else "-" for m in metrics]
+            if r:
+                secs += r["seconds_per_image"] * len(r["per_image"])
+                count += len(r["per_image"])
+        cells.append(f"{secs / max(count, 1):.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _finite(v):
+    # Strict JSON has no Infinity/NaN (identical images give an infinite PSNR): write null.
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
+def write_json(path: str | os.PathLike, results: list[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"results": _finite(results)}, f, indent=2)
+        f.write("\n")
+
+
+def write_csv(path: str | os.PathLike, results: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "dataset", "scale", "image", *metrics, "seconds"])
+        for r in results:
+            for row in r["per_image"]:
+                w.writerow([r["model"], r["dataset"], r["scale"], row["name"],
+                            *[repr(row[m]) for m in metrics], f"{row['seconds']:.6f}"])
+
+
+def _detail_box(hr: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left of the size x size window with the most gradient energy: where models differ."""
+    y = M.rgb_to_gray(hr)
+    energy = np.abs(np.diff(y, axis=0))[:, :-1] + np.abs(np.diff(y, axis=1))[:-1, :]
+    h, w = energy.shape
+    if h < size or w < size:
+        return 0, 0
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    step = max(1, size // 4)
+    best, at = -1.0, (0, 0)
+    for t in range(0, h - size + 1, step):
+        for l in range(0, w - size + 1, step):
+            e = integral[t + size, l + size] - integral[t, l + size] - integral[t + size, l] + integral[t, l]
+            if e > best:
+                best, at = e, (t, l)
+    return at
+
+
+def compare_image(panels: list[tuple[str, np.ndarray]], box: tuple[int, int, int], zoom: int) -> Image.Image:
+    """Same crop (top, left, size) of each image side by side, nearest-upscaled, labelled on top."""
+    top, left, size = box
+    label_h, gap = 14, 4
+    tile = size * zoom
+    canvas = Image.new("RGB", (len(panels) * (tile + gap) - gap, tile + label_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, img) in enumerate(panels):
+        crop = img[top:top + size, left:left + size]
+        im = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")
+        im = im.resize((tile, tile), Image.NEAREST)
+        x = i * (tile + gap)
+        canvas.paste(im, (x, label_h))
+        draw.text((x + 2, 1), label, fill="black")
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="NAME|PATH|bicubic",
+                   help="model to evaluate (repeatable): a shipped name, a weights file, or bicubic")
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="dataset folder with HR images or an HR/ subfolder (repeatable)")
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--metrics", default="psnr,ssim",
+                   help=f"comma-separated, from {','.join(METRICS)} (default psnr,ssim)")
+    p.add_argument("--lr-dir", action="append", default=None, metavar="DIR",
+                   help="LR images for the HR images of the matching --data (one per --data); "
+                        "default: MATLAB bicubic of the HR images")
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images of each dataset")
+    p.add_argument("--save-dir", default=None, help="write SR images to DIR/model/dataset/name.png")
+    p.add_argument("--json", default=None, metavar="FILE", help="write results with per-image values "
+                   "(infinite PSNR is written as null)")
+    p.add_argument("--csv", default=None, metavar="FILE", help="write one row per model, dataset and image")
+    p.add_argument("--compare", default=None, metavar="FILE.png",
+                   help="write one PNG with the same crop from HR, bicubic and every model")
+    p.add_argument("--compare-image", default=None, metavar="NAME",
+                   help="image of the first dataset to crop for --compare (default: its first image)")
+    p.add_argument("--compare-size", type=int, default=96, help="crop side in HR pixels (default 96)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    p.add_argument("--bf16", action="store_true", help="run models under bfloat16 autocast")
+    p.add_argument("--niqe-params", default=None, metavar="PATH",
+                   help=f"NIQE pristine model niqe_pris_params.npz (default ${M.NIQE_PARAMS_ENV} or "
+                        f"{M.DEFAULT_NIQE_PARAMS})")
+    p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"), help="LPIPS backbone")
+    p.add_argument("--lpips-backbone", default=None, metavar="PATH", help="torchvision backbone weights for LPIPS")
+    p.add_argument("--lpips-lin", default=None, metavar="PATH", help="LPIPS linear-head weights")
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _load_upscalers(specs: list[str], scale: int, device: torch.device,
+                    bf16: bool) -> list[tuple[str, Upscaler]]:
+    from .models import MODELS, resolve_model_path
+    from .weights import load_generator
+
+    out: list[tuple[str, Upscaler]] = []
+    for spec in specs:
+        if spec == "bicubic":
+            label, up = "bicubic", bicubic_upscaler(scale)
+        else:
+            model, info = load_generator(resolve_model_path(spec))
+            if info["scale"] != scale:
+                raise ValueError(f"model {spec} upscales x{info['scale']} but --scale is {scale}; "
+                                 f"pass --scale {info['scale']} or a x{scale} model")
+            label = spec if spec in MODELS else Path(spec).stem
+            up = generator_upscaler(model.to(device).eval(), device, bf16)
+        labels = [lab for lab, _ in out]
+        if label in labels:
+            label = f"{label}#{labels.count(label) + 1}"
+        out.append((label, up))
+    return out
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .models import ModelNotFound
+    from .weights import WeightsError
+
+    try:
+        metrics = _check_metrics(args.metrics.split(","))
+        if args.lr_dir and len(args.lr_dir) != len(args.data):
+            raise ValueError(f"{len(args.lr_dir)} --lr-dir for {len(args.data)} --data; give one per dataset")
+        device = _pick_device(args.device)
+        niqe_params = M.load_niqe_params(args.niqe_params) if "niqe" in metrics else None
+        lpips_model = (M.load_lpips(args.lpips_backbone, args.lpips_lin, args.lpips_net).to(device)
+                       if "lpips" in metrics else None)
+        upscalers = _load_upscalers(args.model, args.scale, device, args.bf16)
+        datasets = [(dataset_name(d), load_pairs(d, args.scale, lr_dir=args.lr_dir[i] if args.lr_dir else None,
+                                                 max_images=args.max_images))
+                    for i, d in enumerate(args.data)]
+    except (ValueError, FileNotFoundError, ModelNotFound, WeightsError) as e:
+        log.error("%s", e)
+        return 2
+
+    compare_pair = None
+    if args.compare:
+        first = datasets[0][1]
+        compare_pair = next((p for p in first if args.compare_image in (None, p.name, Path(p.name).stem)), None)
+        if compare_pair is None:
+            log.error("--compare-image %s is not in %s", args.compare_image, args.data[0])
+            return 2
+    compare_panels: dict[str, np.ndarray] = {}
+
+    results = []
+    bar = tqdm(total=len(upscalers) * sum(len(p) for _, p in datasets), desc="eval", unit="img")
+    try:
+        for label, up in upscalers:
+            for dname, pairs in datasets:
+                bar.set_postfix_str(f"{label} on {dname}")
+
+                def on_output(pair: Pair, sr: np.ndarray, label=label, dname=dname, first=dname == datasets[0][0]):
+                    if args.save_dir:
+                        save_image(Path(args.save_dir) / label / dname / (Path(pair.name).stem + ".png"), sr)
+                    if first and pair is compare_pair:
+                        compare_panels[label] = sr
+
+                res = evaluate_pairs(up, pairs, args.scale, metrics, niqe_params=niqe_params,
+                                     lpips_model=lpips_model, device=device, on_output=on_output, progress=bar)
+                results.append({"model": label, "dataset": dname, "scale": args.scale, **res})
+    except (ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    finally:
+        bar.close()
+
+    print(markdown_table(results, metrics))
+    if args.json:
+        write_json(args.json, results)
+        log.info("wrote %s", args.json)
+    if args.csv:
+        write_csv(args.csv, results, metrics)
+        log.info("wrote %s", args.csv)
+    if compare_pair is not None:
+        size = min(args.compare_size, *compare_pair.hr.shape[:2])
+        top, left = _detail_box(compare_pair.hr, size)
+        panels = [("HR", compare_pair.hr)]
+        if "bicubic" not in compare_panels:
+            panels.append(("bicubic", bicubic_upscaler(args.scale)(compare_pair.lr)))
+        panels += list(compare_panels.items())
+        zoom = max(1, 256 // size)
+        compare_image(panels, (top, left, size), zoom).save(args.compare)
+        log.info("wrote %s (%s, crop %dx%d at x=%d y=%d, x%d nearest)", args.compare, compare_pair.name,
+                 size, size, left, top, zoom)
+    return 0

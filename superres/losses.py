@@ -1,0 +1,223 @@
+"""Training losses: pixel, adversarial (small functions), perceptual (VGG19) and feature matching.
+
+Sign convention, for every discriminator and every GAN loss here: the discriminator outputs raw
+logits and a HIGHER logit means "more real". A discriminator loss is low when real logits are high
+and fake logits are low; a generator loss is low when fake logits are high.
+
+Each GAN type is a pair of functions, `<type>_g_loss(fake, real)` and `<type>_d_loss(real, fake)`,
+listed in GAN_LOSSES under the name `losses.gan_type` uses. `real` is only read by the relativistic
+loss; the generator side gets it detached (only the generator's output carries gradients there).
+Logits may be (B, 1) scores or (B, 1, H, W) maps (U-Net, PatchGAN): every mean is over all elements.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel losses
+
+CHARBONNIER_EPS2 = 1e-6
+
+
+def pixel_loss(kind: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """l1: mean |sr - hr|; mse: mean (sr - hr)^2; charbonnier: mean sqrt((sr - hr)^2 + eps^2)."""
+    if kind == "l1":
+        return (sr - hr).abs().mean()
+    if kind == "mse":
+        return ((sr - hr) ** 2).mean()
+    if kind == "charbonnier":
+        return torch.sqrt((sr - hr) ** 2 + CHARBONNIER_EPS2).mean()
+    raise ValueError(f"unknown pixel loss {kind!r}; allowed values: ['l1', 'mse', 'charbonnier']")
+
+
+# ---------------------------------------------------------------------------------------------
+# adversarial losses; softplus(-x) = -log(sigmoid(x)) and softplus(x) = -log(1 - sigmoid(x)),
+# written that way because it stays finite for large logits.
+
+def vanilla_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Goodfellow et al. (SRGAN): -log D(real) - log(1 - D(fake)), D = sigmoid(logit)."""
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def vanilla_g_loss(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """The non-saturating generator loss: -log D(fake)."""
+    return F.softplus(-fake).mean()
+
+
+def lsgan_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Mao et al.: least squares towards 1 for real, 0 for fake."""
+    return ((real - 1) ** 2).mean() + (fake ** 2).mean()
+
+
+def lsgan_g_loss(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    return ((fake - 1) ** 2).mean()
+
+
+def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Geometric GAN / SAGAN hinge: D stops pushing once real > 1 and fake < -1."""
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def hinge_g_loss(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    return -fake.mean()
+
+
+def ragan_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Relativistic average GAN (Jolicoeur-Martineau; ESRGAN): is real more real than the average
+    fake, is fake less real than the average real. Halved, as ESRGAN's code does, so the
+    published loss weights (e.g. 5e-3) mean the same here."""
+    return 0.5 * (F.softplus(-(real - fake.mean())).mean() + F.softplus(fake - real.mean()).mean())
+
+
+def ragan_g_loss(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """The D loss with the roles swapped; `real` must be given (and detached by the caller)."""
+    if real is None:
+        raise ValueError("ragan_g_loss needs the discriminator's logits on the real batch")
+    return 0.5 * (F.softplus(real - fake.mean()).mean() + F.softplus(-(fake - real.mean())).mean())
+
+
+GLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+DLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# losses.gan_type -> (generator loss, discriminator loss)
+GAN_LOSSES: dict[str, tuple[GLoss, DLoss]] = {
+    "vanilla": (vanilla_g_loss, vanilla_d_loss),
+    "lsgan": (lsgan_g_loss, lsgan_d_loss),
+    "hinge": (hinge_g_loss, hinge_d_loss),
+    "ragan": (ragan_g_loss, ragan_d_loss),
+}
+
+# GAN types whose generator loss reads the real logits (the loop runs D on HR only when needed).
+RELATIVISTIC = {"ragan"}
+
+
+def feature_matching_loss(fake_feats: list[torch.Tensor], real_feats: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over D's layers of L1(features(SR), features(HR)); HR features are targets (detached).
+
+    Unlike a perceptual loss it needs no pretrained network, so GAN training works fully offline.
+    """
+    if len(fake_feats) != len(real_feats) or not fake_feats:
+        raise ValueError(f"feature matching: {len(fake_feats)} fake vs {len(real_feats)} real feature maps")
+    total = sum(F.l1_loss(f.float(), r.detach().float()) for f, r in zip(fake_feats, real_feats))
+    return total / len(fake_feats)
+
+
+# ---------------------------------------------------------------------------------------------
+# perceptual loss on VGG19 features
+
+# torchvision's vgg19().features, in order: the list index is the torchvision module index, so a
+# torchvision state dict's `features.N.weight` is the weight of VGG19_LAYERS[N].
+VGG19_LAYERS: list[str] = [
+    "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
+    "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
+    "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4", "pool3",
+    "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4", "pool4",
+    "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4", "pool5",
+]
+_VGG19_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg19_features(up_to: int = len(VGG19_LAYERS) - 1) -> nn.Sequential:
+    """torchvision's VGG19 `features` (modules 0..up_to) as a plain Sequential, randomly initialised.
+
+    ReLUs are not in-place: a conv output taken as a feature must not be overwritten by the ReLU.
+    """
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for name in VGG19_LAYERS[:up_to + 1]:
+        if name.startswith("conv"):
+            out_ch = _VGG19_CHANNELS[int(name[4])]
+            layers.append(nn.Conv2d(in_ch, out_ch, 3, 1, 1))
+            in_ch = out_ch
+        elif name.startswith("relu"):
+            layers.append(nn.ReLU(inplace=False))
+        else:
+            layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+def resolve_vgg_layer(name: str, before_activation: bool) -> str:
+    """`convX_Y` means the conv output when before_activation, else its ReLU; `reluX_Y` is literal."""
+    if name not in VGG19_LAYERS or name.startswith("pool"):
+        allowed = [n for n in VGG19_LAYERS if not n.startswith("pool")]
+        raise ValueError(f"unknown VGG19 layer {name!r}; allowed values: {allowed}")
+    if name.startswith("conv") and not before_activation:
+        return "relu" + name[4:]
+    return name
+
+
+def convert_vgg19_state_dict(state: dict[str, torch.Tensor], up_to: int, where: str) -> dict[str, torch.Tensor]:
+    """A torchvision VGG19 state dict (full, with classifier.*, or features-only, with or without the
+    `features.` prefix) -> the keys of vgg19_features(up_to)."""
+    feats = {}
+    for k, v in state.items():
+        if k.startswith("classifier."):
+            continue
+        k = k.removeprefix("features.")
+        idx, _, param = k.partition(".")
+        if not idx.isdigit() or param not in ("weight", "bias"):
+            raise ValueError(f"{where}: unexpected key {k!r}: not a torchvision VGG19 state dict")
+        if int(idx) <= up_to:
+            feats[k] = v
+    return feats
+
+
+class VGGPerceptualLoss(nn.Module):
+    """sum_l w_l * L1(phi_l(SR), phi_l(HR)) on ImageNet-normalised [0, 1] RGB (Johnson et al.;
+    SRGAN takes features after activation, ESRGAN before: sharper, better-balanced brightness)."""
+
+    def __init__(self, layer_weights: dict[str, float], *, before_activation: bool = True) -> None:
+        super().__init__()
+        if not layer_weights:
+            raise ValueError("VGG perceptual loss: no layers given")
+        self.layer_weights = {resolve_vgg_layer(k, before_activation): float(w) for k, w in layer_weights.items()}
+        self.indices = {VGG19_LAYERS.index(k): k for k in self.layer_weights}
+        self.features = vgg19_features(max(self.indices))  # only as deep as the deepest layer used
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False).eval()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, layer_weights: dict[str, float], *,
+                  before_activation: bool = True) -> "VGGPerceptualLoss":
+        from .weights import read_state_dict
+
+        loss = cls(layer_weights, before_activation=before_activation)
+        state, _ = read_state_dict(path)
+        up_to = len(loss.features) - 1
+        state = convert_vgg19_state_dict(state, up_to, str(path))
+        try:
+            loss.features.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: not a torchvision VGG19 state dict: {e}") from e
+        log.info("perceptual loss: VGG19 %s from %s", loss.layer_weights, path)
+        return loss
+
+    def train(self, mode: bool = True) -> "VGGPerceptualLoss":
+        return super().train(False)  # a fixed feature extractor: never in training mode
+
+    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (x - self.mean) / self.std
+        out = {}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.indices:
+                out[self.indices[i]] = x
+        return out
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        f_sr = self.extract(sr)
+        with torch.no_grad():
+            f_hr = self.extract(hr)
+        return sum(w * F.l1_loss(f_sr[k].float(), f_hr[k].float()) for k, w in self.layer_weights.items())

@@ -1,0 +1,82 @@
+"""Device and precision choices shared by inference, evaluation and training.
+
+`auto` means: CUDA if present, else Apple MPS, else CPU; on the CPU bf16 autocast (with channels_last)
+only where the CPU has native bf16 instructions, since emulated bf16 is slower than fp32; on CUDA fp16
+for inference. fp16 is never used on a CPU.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class RuntimeChoiceError(ValueError):
+    """A device or precision that is unknown or not available on this machine."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto|cpu|cuda|mps` (or `cuda:N`) -> a torch.device that exists here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise RuntimeChoiceError(f"device {name!r}; allowed values: {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeChoiceError(f"device {name!r} was asked for but no CUDA device is available")
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RuntimeChoiceError("device 'mps' was asked for but Apple MPS is not available")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
+    if os.environ.get("SUPERRES_NO_BF16"):
+        return False
+    cap = torch.backends.cpu.get_cpu_capability().lower()
+    if "avx512" not in cap and "amx" not in cap:
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(name: str, device: torch.device, *, training: bool = False) -> torch.dtype | None:
+    """The autocast dtype for `name` on `device`, or None for plain fp32."""
+    if name not in PRECISIONS:
+        raise RuntimeChoiceError(f"precision {name!r}; allowed values: {', '.join(PRECISIONS)}")
+    if name == "fp32":
+        return None
+    if name == "fp16":
+        if device.type == "cpu":
+            raise RuntimeChoiceError("precision 'fp16' is not supported on the CPU; use 'bf16' or 'fp32'")
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        # training prefers bf16 (no loss scaling needed); inference takes fp16, the faster of the two
+        if training and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

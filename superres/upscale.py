@@ -1,0 +1,427 @@
+"""Inference: `Upscaler` (the Python API, reusable from a server or a video loop) and `superres upscale`.
+
+    superres upscale photo.jpg -o photo_x4.png
+    superres upscale photos/ -o out/ --recursive --model psnr-x4 --tile 256 --report report.json
+
+An Upscaler owns one generator on one device. `upscale_pixels` is the core: a (H, W, C) array in,
+the upscaled array out, tile by tile (see tiling.py), so the whole image and the result stay in host
+memory and only one tile at a time visits the device. Everything else (alpha, grayscale, resizing to
+an arbitrary output size, PIL / numpy / tensor in and out, files) is wrapped around it.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from . import runtime
+from .images import (FORMATS, DEFAULT_QUALITY, ImageData, ImageError, image_from_array, image_from_pil,
+                     image_to_array, image_to_pil, max_value, normalize_format, read_image, resize_image,
+                     resize_plane, write_image)
+from .models import MODELS, ModelNotFound, default_model_name, resolve_model_path
+from .tiling import count_tiles, tiled_upscale
+from .weights import load_generator, read_state_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Upscaler", "auto_tile_size", "gather_inputs", "add_upscale_arguments", "run_upscale"]
+
+ALPHA_MODES = ("model", "bicubic")
+DEFAULT_OVERLAP = 16     # LR pixels; >= half the receptive field that matters for our generators
+MAX_AUTO_TILE = 512      # bigger tiles buy no speed on a CPU and only cost memory
+
+
+def _available_host_memory() -> int:
+    """Bytes of memory available to us (MemAvailable, else a conservative 2 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30
+
+
+def _bytes_per_lr_pixel(model: nn.Module, scale: int) -> int:
+    """A generous estimate of activation memory per LR pixel during a forward pass.
+
+    The widest tensors are the feature maps after upsampling: num_feat channels at scale^2 output
+    pixels per LR pixel; a few of them are alive at once (input, output, a pixel-shuffle copy).
+    """
+    feat = int(getattr(model, "hparams", {}).get("num_feat", 64))
+    return feat * scale * scale * 4 * 6
+
+
+def auto_tile_size(model: nn.Module, scale: int, device: torch.device) -> int:
+    """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _available_host_memory()
+    side = int((free * 0.5 / _bytes_per_lr_pixel(model, scale)) ** 0.5)
+    return max(32, min(MAX_AUTO_TILE, side // 16 * 16))
+
+
+class Upscaler:
+    """A generator ready to upscale images.
+
+    >>> up = Upscaler.from_pretrained("psnr-x4")
+    >>> sr = up.upscale(Image.open("photo.jpg"))     # PIL in, PIL out; numpy in, numpy out
+
+    tile: LR tile side (0 = whole image at once, None = automatic from free memory).
+    precision: auto|fp32|bf16|fp16 (auto: bf16 + channels_last on CPUs with native bf16, fp16 on
+    CUDA). A tile whose low-precision output has NaN/Inf is recomputed in fp32.
+    """
+
+    def __init__(self, model: nn.Module, info: dict[str, Any] | None = None, *, device: str = "auto",
+                 precision: str = "auto", tile: int | None = None, tile_overlap: int = DEFAULT_OVERLAP,
+                 name: str | None = None) -> None:
+        self.info = dict(info or {})
+        self.device = runtime.pick_device(device)
+        self.amp_dtype = runtime.pick_precision(precision, self.device)
+        self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"
+        self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        hp = getattr(model, "hparams", {}) or self.info.get("hparams", {})
+        self.scale = int(self.info.get("scale") or hp.get("upscale") or hp.get("scale"))
+        self.in_channels = int(hp.get("num_in_ch", 3))
+        # pixel-unshuffle models (RRDBNet x1/x2) need input sides divisible by 4 / 2
+        self.multiple = {1: 4, 2: 2}.get(self.scale, 1) if self.info.get("arch") == "rrdbnet" else 1
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.name = name or self.info.get("name") or self.info.get("arch", "model")
+        self.last_tile_size: int | None = None
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, strength: float | None = None,
+                        **kwargs: Any) -> "Upscaler":
+        """A shipped model by name (None = the default) or any weights file we can load.
+
+        strength in [0, 1] blends a GAN model toward its PSNR twin (ESRGAN network interpolation):
+        1 = the GAN model as trained, 0 = the PSNR model.
+        """
+        name = str(name_or_path) if name_or_path is not None else default_model_name()
+        path = resolve_model_path(name)
+        model, info = load_generator(path)
+        info["name"] = name if name in MODELS else Path(name).stem
+        if strength is not None and strength != 1.0:
+            _blend_with_twin(model, info, path, float(strength))
+        return cls(model, info, **kwargs)
+
+    # -- the core -------------------------------------------------------------------------------
+
+    def _run_tile(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, C, h, w) float32 in [0, 1] on the CPU -> (1, C, h*s, w*s) float32 on the device."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.amp_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                    y = self.model(x).float()
+                if torch.isfinite(y).all():
+                    return y
+                log.warning("non-finite values in a %s tile; recomputing it in fp32",
+                            runtime.precision_name(self.amp_dtype))
+            return self.model(x.float()).float()
+
+    def upscale_pixels(self, pixels: np.ndarray, *, on_tile: Callable[[int, int], None] | None = None
+                       ) -> np.ndarray:
+        """(H, W, C) uint8/uint16/float32 array -> (H*s, W*s, C) in the same dtype.
+
+        Any C: a 1-channel image goes through an RGB model as three equal channels and comes back as
+        the mean of the three; RGB through a 1-channel model goes plane by plane.
+        """
+        if pixels.ndim == 2:
+            return self.upscale_pixels(pixels[..., None], on_tile=on_tile)[..., 0]
+        c = pixels.shape[2]
+        if c == self.in_channels:
+            forward = self._run_tile
+        elif self.in_channels == 3 and c == 1:
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return self._run_tile(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+        elif self.in_channels == 1:
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return torch.cat([self._run_tile(x[:, i:i + 1]) for i in range(x.shape[1])], dim=1)
+        else:
+            raise ValueError(f"a {c}-channel image cannot go through a {self.in_channels}-channel model")
+        tile = self.tile if self.tile is not None else auto_tile_size(self.model, self.scale, self.device)
+        while True:
+            try:
+                out = tiled_upscale(pixels, forward, scale=self.scale, tile=tile, overlap=self.tile_overlap,
+                                    multiple=self.multiple, on_tile=on_tile)
+                self.last_tile_size = tile
+                return out
+            except torch.cuda.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                side = tile if tile > 0 else max(pixels.shape[:2])
+                if side <= 32:
+                    raise
+                tile = max(32, side // 2)
+                log.warning("CUDA out of memory; retrying with tile %d", tile)
+
+    def count_tiles(self, height: int, width: int) -> int:
+        tile = self.tile if self.tile is not None else auto_tile_size(self.model, self.scale, self.device)
+        return count_tiles(height, width, tile, self.tile_overlap, self.multiple)
+
+    # -- whole images ---------------------------------------------------------------------------
+
+    def upscale_image(self, img: ImageData, *, outscale: float | None = None, width: int | None = None,
+                      height: int | None = None, alpha: str = "model",
+                      on_tile: Callable[[int, int], None] | None = None) -> ImageData:
+        """An ImageData (colour planes, alpha, ICC, EXIF) upscaled; metadata is carried over."""
+        if alpha not in ALPHA_MODES:
+            raise ValueError(f"alpha={alpha!r}; allowed values: {', '.join(ALPHA_MODES)}")
+        target = output_size(img.width, img.height, self.scale, outscale=outscale, width=width, height=height)
+        pixels = self.upscale_pixels(img.pixels, on_tile=on_tile)
+        out_alpha = None
+        if img.alpha is not None:
+            if alpha == "model":
+                out_alpha = self.upscale_pixels(img.alpha[..., None])[..., 0]
+            else:
+                out_alpha = resize_plane(img.alpha, img.width * self.scale, img.height * self.scale,
+                                         Image.Resampling.BICUBIC)
+        out = replace(img, pixels=pixels, alpha=out_alpha)
+        return resize_image(out, *target)
+
+    def upscale(self, image: Any, **kwargs: Any) -> Any:
+        """Upscale a PIL image, a numpy array ((H, W) / (H, W, C), C in 1..4, uint8/uint16/float in
+        [0, 1]), a torch tensor ((C, H, W) or (N, C, H, W) in [0, 1]) or an ImageData; the result has
+        the input's type (and dtype/mode where it can hold the result). Keyword arguments as
+        `upscale_image` (outscale, width, height, alpha).
+        """
+        if isinstance(image, ImageData):
+            return self.upscale_image(image, **kwargs)
+        if isinstance(image, Image.Image):
+            out = self.upscale_image(image_from_pil(image), **kwargs)
+            return image_to_pil(out, image.mode)
+        if isinstance(image, np.ndarray):
+            return image_to_array(self.upscale_image(image_from_array(image), **kwargs), image)
+        if isinstance(image, torch.Tensor):
+            if image.ndim == 4:
+                return torch.stack([self.upscale(t, **kwargs) for t in image])
+            arr = image.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
+            out = self.upscale_image(ImageData(np.ascontiguousarray(arr)), **kwargs).pixels
+            return torch.from_numpy(out).permute(2, 0, 1).to(image.device, image.dtype)
+        raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array, "
+                        "a torch tensor or an ImageData")
+
+    __call__ = upscale
+
+
+def output_size(w: int, h: int, scale: int, *, outscale: float | None = None, width: int | None = None,
+                height: int | None = None) -> tuple[int, int]:
+    """The final (width, height): the model's scale, or --outscale, or --width/--height (one of them
+    keeps the aspect ratio)."""
+    if outscale is not None and (width or height):
+        raise ValueError("give either outscale or width/height, not both")
+    if width or height:
+        if width and height:
+            return int(width), int(height)
+        if width:
+            return int(width), max(1, round(h * width / w))
+        return max(1, round(w * height / h)), int(height)
+    f = scale if outscale is None else float(outscale)
+    if f <= 0:
+        raise ValueError(f"outscale must be positive, got {outscale}")
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def _blend_with_twin(model: nn.Module, info: dict[str, Any], path: Path, strength: float) -> None:
+    """In place: weights = strength * this model + (1 - strength) * its PSNR twin."""
+    from .export import interpolate_state_dicts
+
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    twin = info.get("metadata", {}).get("psnr_twin")
+    if not twin:
+        raise ValueError(f"{path.name} has no PSNR twin recorded in its metadata (psnr_twin), so "
+                         "--strength cannot blend it; use `superres interpolate` with two files instead")
+    twin_path = resolve_model_path(twin) if twin in MODELS else (path.parent / twin)
+    twin_state, _ = read_state_dict(twin_path)
+    blended = interpolate_state_dicts(twin_state, model.state_dict(), strength)
+    model.load_state_dict(blended, strict=True)
+    info["strength"] = strength
+    info["name"] = f"{info.get('name', path.stem)}@{strength:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+_GLOB_CHARS = set("*?[")
+
+
+def gather_inputs(specs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """INPUT arguments -> [(file, root)] where root is the folder the output mirrors from, and a list
+    of error lines for arguments that matched nothing."""
+    items: list[tuple[Path, Path]] = []
+    errors: list[str] = []
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            files = p.rglob("*") if recursive else p.iterdir()
+            found = sorted(f for f in files if f.is_file() and f.suffix.lower() in _READABLE)
+            if not found:
+                errors.append(f"{spec}: no image files in this folder"
+                              + ("" if recursive else " (use --recursive for sub-folders)"))
+            items.extend((f, p) for f in found)
+        elif p.is_file():
+            items.append((p, p.parent))
+        elif _GLOB_CHARS & set(spec):
+            found = sorted(Path(f) for f in glob.glob(spec, recursive=recursive) if Path(f).is_file())
+            if not found:
+                errors.append(f"{spec}: the pattern matches no files")
+            items.extend((f, f.parent) for f in found)
+        else:
+            errors.append(f"{spec}: no such file or folder")
+    seen, unique = set(), []
+    for f, root in items:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append((f, root))
+    return unique, errors
+
+
+_READABLE = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm",
+             ".jfif", ".jpe"}
+
+
+def _output_path(src: Path, root: Path, out: Path, single_file: bool, suffix: str, fmt: str | None) -> Path:
+    if single_file:
+        return out
+    rel = src.relative_to(root) if src.is_relative_to(root) else Path(src.name)
+    ext = "." + fmt.lower() if fmt else (src.suffix.lower() if src.suffix.lower() in FORMATS else ".png")
+    ext = {".jpeg": ".jpg", ".tiff": ".tif"}.get(ext, ext)
+    return out / rel.parent / f"{rel.stem}{suffix}{ext}"
+
+
+def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or glob patterns")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file (one input) or folder (several inputs; sub-folders are mirrored)")
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help=f"a shipped model ({', '.join(MODELS)}) or a .safetensors/.pth file "
+                        "(default: the best shipped model)")
+    p.add_argument("--strength", type=float, default=None, metavar="0..1",
+                   help="blend a GAN model toward its PSNR twin: 1 = GAN as trained, 0 = PSNR model")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="tile side in input pixels; 0 = whole image at once (default: from free memory)")
+    p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="N",
+                   help=f"input pixels shared by neighbouring tiles, blended (default {DEFAULT_OVERLAP})")
+    p.add_argument("--device", default="auto", choices=runtime.DEVICES)
+    p.add_argument("--precision", default="auto", choices=runtime.PRECISIONS,
+                   help="auto: bf16 + channels_last on CPUs with native bf16, fp16 on CUDA, else fp32")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--outscale", type=float, default=None, metavar="F",
+                      help="final scale factor (the model's pass, then a Lanczos resize)")
+    size.add_argument("--width", type=int, default=None, help="final width (keeps the aspect ratio "
+                                                              "unless --height is also given)")
+    p.add_argument("--height", type=int, default=None, help="final height")
+    p.add_argument("--alpha", default="model", choices=ALPHA_MODES,
+                   help="how to upscale an alpha channel (default: by the model)")
+    p.add_argument("--format", default=None, choices=sorted({f.lstrip('.') for f in FORMATS}),
+                   help="output format (default: from the output's extension, else the input's)")
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG/WebP quality 1..100")
+    p.add_argument("--suffix", default="", help="added to output file names in an output folder")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip)")
+    p.add_argument("--report", default=None, metavar="FILE.json",
+                   help="write a JSON list of inputs, outputs, sizes, seconds and errors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    items, errors = gather_inputs(args.inputs, args.recursive)
+    for e in errors:
+        log.error(e)
+    if not items:
+        log.error("nothing to upscale")
+        return 1
+    out = Path(args.output).expanduser()
+    single_file = len(items) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file() \
+        and not out.is_dir() and not args.output.endswith(os.sep)
+    fmt = normalize_format(args.format).lower() if args.format else None
+    if single_file and out.suffix.lower() not in FORMATS and not fmt:
+        log.error("%s: the output file needs an image extension (%s) or --format", out,
+                  ", ".join(sorted(FORMATS)))
+        return 2
+    if args.height and args.outscale:
+        log.error("--height and --outscale cannot be combined")
+        return 2
+    try:
+        up = Upscaler.from_pretrained(args.model, strength=args.strength, device=args.device,
+                                      precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap)
+    except (ModelNotFound, ValueError, runtime.RuntimeChoiceError) as e:
+        log.error("%s", e)
+        return 2
+    log.info("model %s (%s x%d) on %s, %s", up.name, up.info.get("arch"), up.scale, up.device,
+             runtime.precision_name(up.amp_dtype))
+    input_paths = {f.resolve() for f, _ in items}
+    report: list[dict[str, Any]] = []
+    failed = 0
+    bar = tqdm(items, desc="images", unit="img", disable=args.no_progress or len(items) == 1, file=sys.stderr)
+    for src, root in bar:
+        dst = _output_path(src, root, out, single_file, args.suffix, fmt)
+        entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
+        t0 = time.perf_counter()
+        try:
+            if dst.resolve() in input_paths:
+                raise ImageError(f"{src}: the output {dst} would overwrite an input; choose another -o "
+                                 "or a --suffix")
+            if dst.exists() and not args.overwrite:
+                entry["status"] = "skipped"
+                log.info("%s exists, skipped (--overwrite replaces it)", dst)
+                report.append(entry)
+                continue
+            img = read_image(src)
+            entry["input_size"] = [img.width, img.height]
+            tiles = tqdm(total=up.count_tiles(img.height, img.width) * (2 if img.alpha is not None
+                                                                        and args.alpha == "model" else 1),
+                         desc=src.name, unit="tile", leave=False, file=sys.stderr,
+                         disable=args.no_progress)
+            with tiles:
+                result = up.upscale_image(img, outscale=args.outscale, width=args.width, height=args.height,
+                                          alpha=args.alpha, on_tile=lambda done, total: tiles.update(1))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_image(dst, result, format=fmt, quality=args.quality)
+            entry.update(status="ok", output_size=[result.width, result.height])
+        except (ImageError, OSError, ValueError) as e:
+            failed += 1
+            entry.update(status="error", error=str(e))
+            log.error("%s", e if str(src) in str(e) else f"{src}: {e}")
+        except Exception as e:  # one bad image must not stop the batch
+            failed += 1
+            entry.update(status="error", error=f"{type(e).__name__}: {e}")
+            log.exception("%s: failed", src)
+        entry["seconds"] = round(time.perf_counter() - t0, 4)
+        report.append(entry)
+    if args.report:
+        from .weights import atomic_write_bytes
+
+        atomic_write_bytes(args.report, json.dumps(report, indent=2).encode())
+    n_ok = sum(e.get("status") == "ok" for e in report)
+    log.info("%d written, %d skipped, %d failed", n_ok, sum(e.get("status") == "skipped" for e in report),
+             failed)
+    return 1 if failed or errors else 0

@@ -1,0 +1,103 @@
+"""Config loading: errors that name the key, the value and the allowed values; shipped configs load."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from superres.config import (Config, ConfigError, config_digest, config_to_toml, load_config,
+                             uses_discriminator)
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+
+
+def test_defaults_are_valid_stage_1():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert not uses_discriminator(cfg)
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError, match=r"unknown key losses\.adversarail.*'adversarial'"):
+        load_config(None, ["losses.adversarail=0.1"])
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[trainer]\nsteps = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[trainer\].*'train'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("losses.gan_type", "wgan", "['vanilla', 'lsgan', 'hinge', 'ragan']"),
+    ("losses.pixel", "l2", "['l1', 'mse', 'charbonnier']"),
+    ("optim.schedule", "linear", "['cosine', 'multistep', 'constant']"),
+])
+def test_bad_choice_names_allowed_values(key, value, allowed):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{key}={value}"])
+    assert f"{key} = '{value}'" in str(e.value) and allowed in str(e.value)
+
+
+@pytest.mark.parametrize("item,expected", [("train.total_steps=\"many\"", "train.total_steps: expected int"),
+                                           ("losses.adversarial=true", "losses.adversarial: expected float"),
+                                           ("train.deterministic=1", "train.deterministic: expected bool"),
+                                           ("optim.betas=[0.9, \"x\"]", r"optim.betas\[1\]: expected float")])
+def test_wrong_type(item, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [item])
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["losses.adversarial=1"]).losses.adversarial == 1.0
+
+
+def test_negative_loss_weight():
+    with pytest.raises(ConfigError, match="losses.feature_matching = -1.0 must be >= 0"):
+        load_config(None, ["losses.feature_matching=-1"])
+
+
+def test_perceptual_needs_vgg_weights():
+    with pytest.raises(ConfigError, match="losses.perceptual > 0 needs losses.vgg_weights: a torchvision-format "
+                                          "VGG19 state dict; none is downloaded"):
+        load_config(None, ["losses.perceptual=1.0"])
+    cfg = load_config(None, ["losses.perceptual=1.0", "losses.vgg_weights=vgg19.pth"])
+    assert cfg.losses.vgg_layers == {"conv5_4": 1.0} and cfg.losses.vgg_before_activation
+
+
+def test_vgg_layer_names_are_checked():
+    with pytest.raises(ConfigError, match="losses.vgg_layers: unknown VGG19 layer 'conv5_5'"):
+        load_config(None, ["losses.perceptual=1", "losses.vgg_weights=v.pth", "losses.vgg_layers={conv5_5=1.0}"])
+
+
+def test_d_steps_per_g_positive():
+    with pytest.raises(ConfigError, match="train.d_steps_per_g = 0 must be > 0"):
+        load_config(None, ["train.d_steps_per_g=0"])
+
+
+def test_round_trip_through_toml(tmp_path):
+    cfg = load_config(None, ["losses.adversarial=0.005", "disc.arch=unet", "disc.hparams={num_feat=32}",
+                             "losses.vgg_layers={conv1_2=0.1, conv5_4=1.0}", "log.val_niqe=true"])
+    p = tmp_path / "c.toml"
+    p.write_text(config_to_toml(cfg))
+    again = load_config(p)
+    assert again == cfg and config_digest(again) == config_digest(cfg)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load_and_say_how_to_run(path):
+    cfg = load_config(path)
+    header = path.read_text().split("[", 1)[0]
+    assert f"configs/{path.name}" in header and "superres train" in header
+    if path.stem in ("srgan_x4", "esrgan_x4", "realesrgan_x4"):
+        assert uses_discriminator(cfg)
+    if path.stem == "realesrgan_x4":
+        assert cfg.data.degradation == "realistic" and cfg.disc.arch == "unet"
+    if path.stem == "esrgan_x4":
+        assert cfg.model.arch == "rrdbnet" and cfg.losses.gan_type == "ragan"
+
+
+def test_shipped_configs_are_present():
+    names = {p.stem for p in CONFIGS}
+    assert {"tiny_cpu", "srresnet_x4_psnr", "srgan_x4", "esrgan_x4", "realesrgan_x4"} <= names

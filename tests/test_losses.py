@@ -1,0 +1,194 @@
+"""Losses against hand-computed values, the GAN sign convention, and the VGG19 perceptual loss."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from superres import losses as L
+
+# ---------------------------------------------------------------------------------------------
+# pixel
+
+
+def test_pixel_losses_hand_computed():
+    sr = torch.tensor([0.0, 0.5, 1.0, 0.25])
+    hr = torch.tensor([0.1, 0.5, 0.7, 0.75])
+    # differences: -0.1, 0, 0.3, -0.5
+    assert L.pixel_loss("l1", sr, hr).item() == pytest.approx((0.1 + 0 + 0.3 + 0.5) / 4)
+    assert L.pixel_loss("mse", sr, hr).item() == pytest.approx((0.01 + 0 + 0.09 + 0.25) / 4)
+    expected = sum(math.sqrt(d * d + 1e-6) for d in (0.1, 0.0, 0.3, 0.5)) / 4
+    assert L.pixel_loss("charbonnier", sr, hr).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_pixel_loss_unknown_kind_names_allowed():
+    with pytest.raises(ValueError, match="charbonnier"):
+        L.pixel_loss("l3", torch.zeros(1), torch.zeros(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# adversarial: values
+
+def sp(x: float) -> float:  # softplus
+    return math.log1p(math.exp(x))
+
+
+def t(*v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def test_vanilla_values():
+    assert L.vanilla_d_loss(t(0.0), t(0.0)).item() == pytest.approx(2 * math.log(2))
+    # -log sigmoid(2) - log(1 - sigmoid(-1)) = softplus(-2) + softplus(-1)
+    assert L.vanilla_d_loss(t(2.0), t(-1.0)).item() == pytest.approx(sp(-2) + sp(-1), rel=1e-6)
+    assert L.vanilla_g_loss(t(0.0)).item() == pytest.approx(math.log(2))
+    assert L.vanilla_g_loss(t(1.0, 3.0)).item() == pytest.approx((sp(-1) + sp(-3)) / 2, rel=1e-6)
+
+
+def test_lsgan_values():
+    assert L.lsgan_d_loss(t(1.0), t(0.0)).item() == 0.0
+    assert L.lsgan_d_loss(t(0.0, 2.0), t(1.0, -1.0)).item() == pytest.approx(1.0 + 1.0)
+    assert L.lsgan_g_loss(t(0.0, 3.0)).item() == pytest.approx((1 + 4) / 2)
+
+
+def test_hinge_values():
+    assert L.hinge_d_loss(t(0.5), t(-0.5)).item() == pytest.approx(0.5 + 0.5)
+    assert L.hinge_d_loss(t(2.0), t(-3.0)).item() == 0.0  # both margins met
+    assert L.hinge_g_loss(t(2.0, 4.0)).item() == pytest.approx(-3.0)
+
+
+def test_ragan_values():
+    real, fake = t(1.0, 3.0), t(0.0, 2.0)  # means 2 and 1
+    d = 0.5 * ((sp(-(1 - 1)) + sp(-(3 - 1))) / 2 + (sp(0 - 2) + sp(2 - 2)) / 2)
+    g = 0.5 * ((sp(1 - 1) + sp(3 - 1)) / 2 + (sp(-(0 - 2)) + sp(-(2 - 2))) / 2)
+    assert L.ragan_d_loss(real, fake).item() == pytest.approx(d, rel=1e-6)
+    assert L.ragan_g_loss(fake, real).item() == pytest.approx(g, rel=1e-6)
+    with pytest.raises(ValueError, match="real"):
+        L.ragan_g_loss(fake, None)
+
+
+def test_logit_maps_average_over_all_elements():
+    real = torch.zeros(2, 1, 3, 3)
+    fake = torch.zeros(2, 1, 3, 3)
+    for g_loss, d_loss in L.GAN_LOSSES.values():
+        assert torch.isfinite(d_loss(real, fake)) and torch.isfinite(g_loss(fake, real))
+
+
+# ---------------------------------------------------------------------------------------------
+# adversarial: the sign convention, higher logit = more real
+
+@pytest.mark.parametrize("gan_type", sorted(L.GAN_LOSSES))
+def test_sign_convention(gan_type):
+    g_loss, d_loss = L.GAN_LOSSES[gan_type]
+    hi, lo = t(3.0, 2.5, 4.0), t(-3.0, -2.0, -4.0)
+    # D is doing well when real logits are high and fake logits low.
+    assert d_loss(hi, lo) < d_loss(lo, hi)
+    # G is doing well when its fakes get high logits (against the same real logits).
+    real = t(0.5, 0.0, -0.5)
+    assert g_loss(hi, real) < g_loss(lo, real)
+
+
+@pytest.mark.parametrize("gan_type", sorted(L.GAN_LOSSES))
+def test_gradients_push_the_right_way(gan_type):
+    g_loss, d_loss = L.GAN_LOSSES[gan_type]
+    real = t(0.3, -0.2, 0.1).requires_grad_()
+    fake = t(0.1, 0.4, -0.3).requires_grad_()
+    d_loss(real, fake).backward()
+    assert real.grad.sum() < 0 and fake.grad.sum() > 0  # descent raises real, lowers fake
+    fake_g = t(0.1, 0.4, -0.3).requires_grad_()
+    g_loss(fake_g, t(0.3, -0.2, 0.1)).backward()
+    assert fake_g.grad.sum() < 0  # descent raises the fake logits
+
+
+def test_feature_matching_hand_computed_and_detached():
+    fake = [t(1.0, 2.0).requires_grad_(), t(0.0).requires_grad_()]
+    real = [t(0.0, 0.0).requires_grad_(), t(3.0).requires_grad_()]
+    loss = L.feature_matching_loss(fake, real)
+    assert loss.item() == pytest.approx(((1 + 2) / 2 + 3) / 2)
+    loss.backward()
+    assert fake[0].grad is not None and real[0].grad is None
+    with pytest.raises(ValueError):
+        L.feature_matching_loss(fake, real[:1])
+
+
+# ---------------------------------------------------------------------------------------------
+# perceptual
+
+def test_vgg19_layout_matches_torchvision_indices():
+    assert len(L.VGG19_LAYERS) == 37
+    expected = {"conv1_1": 0, "relu1_1": 1, "conv1_2": 2, "pool1": 4, "conv2_1": 5, "conv3_1": 10,
+                "conv3_4": 16, "conv4_1": 19, "conv4_4": 25, "conv5_1": 28, "conv5_4": 34, "relu5_4": 35,
+                "pool5": 36}
+    assert {k: L.VGG19_LAYERS.index(k) for k in expected} == expected
+    feats = L.vgg19_features()
+    convs = [i for i, m in enumerate(feats) if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+    assert feats[34].weight.shape == (512, 512, 3, 3) and feats[10].weight.shape == (256, 128, 3, 3)
+
+
+def test_layer_before_or_after_activation():
+    assert L.resolve_vgg_layer("conv5_4", before_activation=True) == "conv5_4"
+    assert L.resolve_vgg_layer("conv5_4", before_activation=False) == "relu5_4"
+    assert L.resolve_vgg_layer("relu2_2", before_activation=True) == "relu2_2"
+    with pytest.raises(ValueError, match="allowed values"):
+        L.resolve_vgg_layer("conv6_1", True)
+
+
+def write_vgg19(path, full: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random-weight VGG19 in torchvision's key layout (full model or features-only)."""
+    torch.manual_seed(seed)
+    feats = L.vgg19_features()
+    state = {f"features.{k}" if full else k: v for k, v in feats.state_dict().items()}
+    if full:
+        state["classifier.0.weight"] = torch.zeros(4, 8)
+        state["classifier.0.bias"] = torch.zeros(4)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return feats.state_dict()
+
+
+@pytest.mark.parametrize("name,full", [("vgg19.pth", True), ("vgg19_features.safetensors", False)])
+def test_perceptual_loads_torchvision_layout(tmp_path, name, full):
+    ref = write_vgg19(tmp_path / name, full=full)
+    loss = L.VGGPerceptualLoss.from_file(tmp_path / name, {"conv2_2": 1.0}, before_activation=True)
+    assert len(loss.features) == 8  # only as deep as conv2_2 (index 7)
+    for k, v in loss.features.state_dict().items():
+        assert torch.equal(v, ref[k])
+    assert not any(p.requires_grad for p in loss.parameters())
+
+
+def test_perceptual_value_hand_computed(tmp_path):
+    write_vgg19(tmp_path / "vgg.pth")
+    loss = L.VGGPerceptualLoss.from_file(tmp_path / "vgg.pth", {"conv1_1": 0.5, "conv1_2": 2.0},
+                                         before_activation=False)
+    torch.manual_seed(1)
+    sr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    mean = torch.tensor(L.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(L.IMAGENET_STD).view(1, 3, 1, 1)
+    w1, b1 = loss.features[0].weight, loss.features[0].bias
+    w2, b2 = loss.features[2].weight, loss.features[2].bias
+
+    def feats(x):
+        r1 = F.relu(F.conv2d((x - mean) / std, w1, b1, padding=1))
+        return r1, F.relu(F.conv2d(r1, w2, b2, padding=1))
+
+    (a1, a2), (h1, h2) = feats(sr), feats(hr)
+    expected = 0.5 * (a1 - h1).abs().mean() + 2.0 * (a2 - h2).abs().mean()
+    assert loss(sr, hr).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss(hr, hr).item() == 0.0
+
+
+def test_perceptual_rejects_other_state_dicts(tmp_path):
+    torch.save({"conv_first.weight": torch.zeros(1)}, tmp_path / "gen.pth")
+    with pytest.raises(ValueError, match="VGG19"):
+        L.VGGPerceptualLoss.from_file(tmp_path / "gen.pth", {"conv1_1": 1.0})
+    torch.save({"features.0.weight": torch.zeros(64, 3, 5, 5), "features.0.bias": torch.zeros(64)},
+               tmp_path / "wrong_shape.pth")
+    with pytest.raises(ValueError, match="VGG19"):
+        L.VGGPerceptualLoss.from_file(tmp_path / "wrong_shape.pth", {"conv1_1": 1.0})

@@ -1,0 +1,295 @@
+"""The training loop on tiny models and random images: stage 1, stage 2, resume, degradation."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import superres.train as train_mod
+from superres import checkpoint as ckpt_lib
+from superres.archs import build_generator
+from superres.config import ConfigError, load_config, save_config
+from superres.train import GanHealth, save_samples, train
+from superres.weights import save_weights
+
+REPO = Path(__file__).resolve().parent.parent
+LEGACY_KEYS = {"step", "gen", "ema", "opt_g", "sched_g", "rng", "sampler", "best", "config_digest"}
+LOSS_KEYS = ("l_pix", "l_adv", "l_fm", "l_percep", "loss_g", "loss_d", "d_real", "d_fake")
+
+
+def make_images(folder: Path, n: int = 4, size: int = 40, seed: int = 0) -> Path:
+    """Blocky random RGB images: structure a generator can learn, in a few KB."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        base = rng.random((size // 4 + 1, size // 4 + 1, 3))
+        img = np.kron(base, np.ones((4, 4, 1)))[:size, :size]
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("data") / "hr")
+
+
+def tiny(images: Path, *items: str):
+    base = [f"data.train_dirs=[{json.dumps(str(images))}]", "data.val_dirs=[]", "data.hr_patch=32",
+            "data.batch_size=4", "model.hparams={num_feat=8, num_block=1}", "train.total_steps=3",
+            "train.device=cpu", "train.precision=fp32", "train.deterministic=true", "train.channels_last=false",
+            "log.log_every=1", "log.val_every=0", "log.ckpt_every=100", "log.progress=false",
+            "log.tensorboard=false", "optim.warmup_steps=1"]
+    return load_config(None, base + list(items))
+
+
+GAN = ("losses.adversarial=0.1", "losses.feature_matching=1.0", "disc.arch=patchgan",
+       "disc.hparams={num_feat=8}")
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses_of(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k in LOSS_KEYS or k in ("step", "lr_g", "lr_d")}
+            for r in records(run_dir)]
+
+
+def final_state(run_dir: Path) -> dict:
+    return ckpt_lib.load_train_state(ckpt_lib.latest_checkpoint(run_dir / "checkpoints"))
+
+
+def assert_states_equal(a: dict, b: dict, parts=("gen", "ema", "disc")) -> None:
+    for part in parts:
+        if part in a or part in b:
+            assert a[part].keys() == b[part].keys()
+            for k in a[part]:
+                assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1 and stage 2 runs
+
+def test_psnr_run_three_steps(images, tmp_path):
+    summary = train(tiny(images), tmp_path / "run")
+    assert summary["step"] == 3
+    recs = records(tmp_path / "run")
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert all(math.isfinite(r["l_pix"]) and "loss_d" not in r for r in recs)
+    state = final_state(tmp_path / "run")
+    # Stage 1 writes exactly the checkpoint layout of earlier versions: no discriminator at all.
+    assert set(state) == LEGACY_KEYS and state["step"] == 3
+    assert state["sampler"] == {"next_index": 12}
+    assert (tmp_path / "run" / "config.toml").is_file()
+    assert not torch.are_deterministic_algorithms_enabled()  # train() restores the global switch
+
+
+@pytest.mark.parametrize("gan_type,disc", [("vanilla", "patchgan"), ("lsgan", "unet"), ("hinge", "patchgan"),
+                                           ("ragan", "unet")])
+def test_gan_run_three_steps(images, tmp_path, gan_type, disc):
+    cfg = tiny(images, "losses.adversarial=0.1", "losses.feature_matching=1.0", f"losses.gan_type={gan_type}",
+               f"disc.arch={disc}", "disc.hparams={num_feat=8}", "optim.grad_clip_d=1.0")
+    train(cfg, tmp_path / "run")
+    for r in records(tmp_path / "run"):
+        for k in ("l_pix", "l_adv", "l_fm", "loss_g", "loss_d", "d_real", "d_fake", "lr_d"):
+            assert math.isfinite(r[k]), (k, r)
+    state = final_state(tmp_path / "run")
+    assert {"disc", "opt_d", "sched_d"} <= set(state) and state["step"] == 3
+
+
+def test_gan_with_vgg128_and_perceptual(tmp_path):
+    from test_losses import write_vgg19
+
+    data = make_images(tmp_path / "hr128", n=2, size=128)
+    write_vgg19(tmp_path / "vgg19.pth")
+    cfg = tiny(data, "data.hr_patch=128", "data.batch_size=2", "train.total_steps=2", "disc.arch=vgg128",
+               "disc.hparams={num_feat=4}", "losses.adversarial=0.01", "losses.gan_type=ragan",
+               "losses.perceptual=1.0", f"losses.vgg_weights={json.dumps(str(tmp_path / 'vgg19.pth'))}",
+               "losses.vgg_layers={conv2_2=1.0}")
+    train(cfg, tmp_path / "run")
+    r = records(tmp_path / "run")[-1]
+    assert math.isfinite(r["l_percep"]) and r["l_percep"] > 0 and math.isfinite(r["l_adv"])
+
+
+def test_missing_vgg_file_fails_before_training(images, tmp_path):
+    cfg = tiny(images, "losses.perceptual=1.0", "losses.vgg_weights=nowhere/vgg19.pth")
+    with pytest.raises(ConfigError, match="nowhere/vgg19.pth.*none is downloaded"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_d_warmup_and_update_ratio(images, tmp_path):
+    """Warm-up: steps 1-2 train only D (G untouched); then G on every 2nd step, D on every step."""
+    cfg = tiny(images, *GAN, "train.total_steps=6", "train.d_warmup_steps=2", "train.d_steps_per_g=2")
+    torch.manual_seed(cfg.train.seed)
+    initial = build_generator("msrresnet", upscale=4, num_feat=8, num_block=1).state_dict()
+    train(cfg, tmp_path / "run")
+    recs = records(tmp_path / "run")
+    assert [("l_pix" in r) for r in recs] == [False, False, True, False, True, False]
+    assert all("loss_d" in r for r in recs)
+    cfg.train.total_steps = 2
+    train(cfg, tmp_path / "warm")
+    after_warmup = final_state(tmp_path / "warm")["gen"]
+    assert all(torch.equal(initial[k], after_warmup[k]) for k in initial)
+
+
+def test_stage_two_from_stage_one_checkpoint(images, tmp_path):
+    """A stage-1 checkpoint (no D, no opt_d, no scaler) resumes into a GAN config with a fresh D."""
+    train(tiny(images, "train.total_steps=2", "optim.schedule=constant"), tmp_path / "run")
+    assert set(final_state(tmp_path / "run")) == LEGACY_KEYS
+    train(tiny(images, *GAN, "train.total_steps=4", "optim.schedule=constant"), tmp_path / "run", resume="auto")
+    state = final_state(tmp_path / "run")
+    assert state["step"] == 4 and "disc" in state
+    assert [r["step"] for r in records(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_pretrained_generator(images, tmp_path):
+    torch.manual_seed(5)
+    src = build_generator("msrresnet", upscale=4, num_feat=8, num_block=1)
+    save_weights(tmp_path / "stage1.safetensors", src)
+    cfg = tiny(images, *GAN, "train.total_steps=1", "train.d_warmup_steps=1",
+               f"model.pretrained={json.dumps(str(tmp_path / 'stage1.safetensors'))}")
+    train(cfg, tmp_path / "run")
+    gen = final_state(tmp_path / "run")["gen"]
+    assert all(torch.equal(gen[k], v) for k, v in src.state_dict().items())  # warm-up: G untouched
+    cfg.model.pretrained = str(tmp_path / "missing.safetensors")
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        train(cfg, tmp_path / "run2")
+
+
+def test_non_finite_loss_stops_without_saving(images, tmp_path, monkeypatch):
+    real = train_mod.pixel_loss
+    calls = []
+
+    def nan_on_third(kind, sr, hr):
+        calls.append(1)
+        out = real(kind, sr, hr)
+        return out * float("nan") if len(calls) == 3 else out
+
+    monkeypatch.setattr(train_mod, "pixel_loss", nan_on_third)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        train(tiny(images, "train.total_steps=5", "log.ckpt_every=1", "log.keep_last=5"), tmp_path / "run")
+    # the last good state stays the latest; the NaN-poisoned step 3 is never written
+    assert final_state(tmp_path / "run")["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+
+KILL_SCRIPT = """
+import os, signal, sys
+import superres.train as T
+from superres.config import load_config
+
+calls = 0
+real_ema_update = T.ema_update
+
+def ema_update_then_die(*args, **kwargs):
+    global calls
+    real_ema_update(*args, **kwargs)
+    calls += 1
+    if calls == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no finally, no handler: like a lost machine
+
+T.ema_update = ema_update_then_die
+T.train(load_config(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_sigkill_and_resume_is_bitwise_identical(images, tmp_path):
+    """6 steps straight == killed with SIGKILL in step 5 (checkpoint at 3), then --resume auto."""
+    cfg = tiny(images, *GAN, "train.total_steps=6", "train.d_warmup_steps=1", "log.ckpt_every=3",
+               "log.keep_last=5")
+    train(cfg, tmp_path / "straight")
+
+    save_config(cfg, tmp_path / "cfg.toml")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    # G trains from step 2 on (one warm-up step), so its 4th EMA update happens in step 5.
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "cfg.toml"),
+                           str(tmp_path / "killed"), "4"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert ckpt_lib.latest_checkpoint(tmp_path / "killed" / "checkpoints").name == "ckpt_00000003.pt"
+    assert [r["step"] for r in records(tmp_path / "killed")] == [1, 2, 3, 4]
+
+    train(cfg, tmp_path / "killed", resume="auto")
+    assert losses_of(tmp_path / "killed") == losses_of(tmp_path / "straight")
+    a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "killed")
+    assert a["step"] == b["step"] == 6
+    assert_states_equal(a, b)
+    for opt in ("opt_g", "opt_d"):
+        for i, s in a[opt]["state"].items():
+            assert torch.equal(s["exp_avg_sq"], b[opt]["state"][i]["exp_avg_sq"])
+
+
+def test_resume_explicit_path(images, tmp_path):
+    cfg = tiny(images, "train.total_steps=4", "log.ckpt_every=2", "log.keep_last=5")
+    train(cfg, tmp_path / "a")
+    path = tmp_path / "a" / "checkpoints" / "ckpt_00000002.pt"
+    summary = train(cfg, tmp_path / "b", resume=str(path))
+    assert summary["step"] == 4
+    assert_states_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"), parts=("gen", "ema"))
+
+
+# ---------------------------------------------------------------------------------------------
+# realistic degradation
+
+def test_realistic_degradation_runs_and_resumes(images, tmp_path):
+    items = ("data.degradation=realistic", "optim.schedule=constant", "data.batch_size=2",
+             "log.ckpt_every=1", "log.keep_last=5")
+    train(tiny(images, *items, "train.total_steps=2"), tmp_path / "straight")
+    state = final_state(tmp_path / "straight")
+    assert len(state["degrader_rng"]) == 1 and state["degrader_rng"][0].dtype == torch.uint8
+    train(tiny(images, *items, "train.total_steps=1"), tmp_path / "resumed")
+    train(tiny(images, *items, "train.total_steps=2"), tmp_path / "resumed", resume="auto")
+    assert losses_of(tmp_path / "resumed") == losses_of(tmp_path / "straight")
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces
+
+def test_gan_health_warnings():
+    h = GanHealth(patience=3)
+    base = {"loss_d": 1.3, "sr_std": 0.2, "hr_std": 0.25, "l_adv": 0.7}
+    assert all(h.check({"step": i, **base}) == [] for i in range(5))
+    won = [h.check({"step": 10 + i, **base, "loss_d": 0.001}) for i in range(5)]
+    assert [len(w) for w in won] == [0, 0, 1, 0, 0]  # once per episode
+    assert "discriminator wins" in won[2][0]
+    collapse = [h.check({"step": 20 + i, **base, "sr_std": 0.01}) for i in range(3)]
+    assert "collapsed" in collapse[2][0]
+    assert any("exploded" in w for w in h.check({"step": 30, **base, "l_adv": 50.0}))
+    assert any("exploded" in w for w in GanHealth().check({"step": 1, "l_adv": float("nan")}))
+
+
+def test_save_samples(tmp_path):
+    folder = make_images(tmp_path / "val", n=3, size=36)
+    model = build_generator("msrresnet", upscale=4, num_feat=8, num_block=1)
+    paths = save_samples(model, folder, 4, 2, tmp_path / "samples", 7, torch.device("cpu"))
+    assert [p.name for p in paths] == ["step00000007_0.png", "step00000007_1.png"]
+    with Image.open(paths[0]) as im:
+        assert im.size == (3 * 36, 36)  # [LR nearest | SR | HR], 36 = 9 LR pixels x 4
+
+
+def test_validation_with_evaluate(images, tmp_path):
+    pytest.importorskip("superres.evaluate")
+    val = make_images(tmp_path / "Set2" / "HR", n=2, size=32, seed=1)
+    cfg = tiny(images, "train.total_steps=2", "log.val_every=2", "log.val_niqe=false",
+               f"data.val_dirs=[{json.dumps(str(val.parent))}]", "log.sample_images=1")
+    summary = train(cfg, tmp_path / "run")
+    val_rec = [r for r in records(tmp_path / "run") if "val/psnr" in r]
+    assert len(val_rec) == 1 and math.isfinite(val_rec[0]["val/Set2/psnr"])
+    assert summary["best"] == val_rec[0]["val/psnr"]
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    assert len(list((tmp_path / "run" / "samples").glob("*.png"))) == 1
+
+
+def test_tensorboard_when_installed(images, tmp_path):
+    pytest.importorskip("tensorboard")
+    train(tiny(images, "train.total_steps=1", "log.tensorboard=true"), tmp_path / "run")
+    assert list((tmp_path / "run" / "tb").glob("events.*"))

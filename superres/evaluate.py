@@ -159,6 +159,12 @@ def bicubic_upscaler(scale: int) -> Upscaler:
     return lambda lr: imresize(lr, float(scale))
 
 
+def HR_REFERENCE(lr: np.ndarray) -> np.ndarray:
+    """The `hr` pseudo-model: never called on the LR; `evaluate_pairs` substitutes the HR image
+    itself, so the ground truth's NIQE can be reported as a reference row (its PSNR is inf)."""
+    raise RuntimeError("the hr pseudo-model has no LR -> SR function; evaluate_pairs passes the HR image")
+
+
 def generator_upscaler(model: nn.Module, device: str | torch.device = "cpu",
                        autocast_bf16: bool = False) -> Upscaler:
     """Run `model` (already on `device`, in eval mode) on the whole LR image.
@@ -237,7 +243,7 @@ def evaluate_pairs(upscale: Upscaler, pairs: list[Pair], scale: int,
     try:
         for pair in pairs:
             t0 = time.perf_counter()
-            sr = upscale(pair.lr)
+            sr = pair.hr if upscale is HR_REFERENCE else upscale(pair.lr)
             seconds = time.perf_counter() - t0
             if sr.shape[:2] != pair.hr.shape[:2]:
                 raise ValueError(f"{pair.name}: the upscaler returned {sr.shape[1]}x{sr.shape[0]} for a "
@@ -381,8 +387,9 @@ def compare_image(panels: list[tuple[str, np.ndarray]], box: tuple[int, int, int
 # CLI
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="NAME|PATH|bicubic",
-                   help="model to evaluate (repeatable): a shipped name, a weights file, or bicubic")
+    p.add_argument("--model", action="append", required=True, metavar="NAME|PATH|bicubic|hr",
+                   help="model to evaluate (repeatable): a shipped name, a weights file, bicubic, or hr "
+                        "(the HR image itself: a reference row for NIQE; its PSNR is inf)")
     p.add_argument("--data", action="append", required=True, metavar="DIR",
                    help="dataset folder with HR images or an HR/ subfolder (repeatable)")
     p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
@@ -430,6 +437,8 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device,
     for spec in specs:
         if spec == "bicubic":
             label, up = "bicubic", bicubic_upscaler(scale)
+        elif spec == "hr":
+            label, up = "hr", HR_REFERENCE
         else:
             model, info = load_generator(resolve_model_path(spec))
             if info["scale"] != scale:
@@ -480,10 +489,11 @@ def run_eval(args: argparse.Namespace) -> int:
             for dname, pairs in datasets:
                 bar.set_postfix_str(f"{label} on {dname}")
 
-                def on_output(pair: Pair, sr: np.ndarray, label=label, dname=dname, first=dname == datasets[0][0]):
+                def on_output(pair: Pair, sr: np.ndarray, label=label, up=up, dname=dname,
+                              first=dname == datasets[0][0]):
                     if args.save_dir:
                         save_image(Path(args.save_dir) / label / dname / (Path(pair.name).stem + ".png"), sr)
-                    if first and pair is compare_pair:
+                    if first and pair is compare_pair and up is not HR_REFERENCE:   # HR is panel 1
                         compare_panels[label] = sr
 
                 res = evaluate_pairs(up, pairs, args.scale, metrics, niqe_params=niqe_params,

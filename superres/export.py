@@ -247,12 +247,18 @@ def export_metadata(src: ExportSource, description: str = "") -> dict[str, Any]:
 
 def export_run(source: str | os.PathLike, output: str | os.PathLike, *, weights: str = "ema",
                best: bool = False, description: str = "",
-               onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write `output` (.safetensors) and optionally an ONNX file; returns a report dict."""
+               onnx_path: str | os.PathLike | None = None,
+               extra_metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write `output` (.safetensors) and optionally an ONNX file; returns a report dict.
+
+    extra_metadata: more string keys for the file, e.g. psnr_twin (the model `--strength` blends
+    toward) or a model card's fields.
+    """
     if onnx_path is not None:
         _require_onnx_tools()  # fail before writing anything rather than half-way
     src = load_source(source, weights=weights, best=best)
     meta = export_metadata(src, description)
+    meta.update(extra_metadata or {})
     save_weights(output, src.model, arch=src.arch, extra_metadata=meta)
     report: dict[str, Any] = {
         "output": str(output), "source": str(src.path), "weights": src.weights, "arch": src.arch,
@@ -448,12 +454,21 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="export the run's best.safetensors (best validation score) instead of its "
                         "latest checkpoint")
     p.add_argument("--description", default="", metavar="TEXT", help="free text stored in the file")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra metadata, repeatable; psnr_twin=NAME_OR_FILE lets `superres upscale "
+                        "--strength` blend this (GAN) model toward that PSNR model")
 
 
 def run_export(args: argparse.Namespace) -> int:
     try:
+        extra = {}
+        for item in args.meta:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ExportError(f"--meta {item!r}: expected KEY=VALUE")
+            extra[key.strip()] = value
         report = export_run(args.source, args.output, weights=args.weights, best=args.best,
-                            description=args.description, onnx_path=args.onnx)
+                            description=args.description, onnx_path=args.onnx, extra_metadata=extra)
     except (ExportError, WeightsError) as e:
         log.error("%s", e)
         return 2

@@ -226,10 +226,12 @@ def _decode_with_pil(data: bytes, name: str) -> ImageData:
     try:
         with Image.open(io.BytesIO(data)) as im:
             tiff16 = _tiff16_samples(data, im)
+            # read before load(): PIL empties im.tile once the pixels are decoded
+            premultiplied = bool(im.tile) and "RGBa" in _tile_rawmode(im.tile[0])
             im.load()
             img = image_from_pil(im)
             if tiff16 is not None:
-                img = _with_16bit_samples(img, tiff16, premultiplied="RGBa" in _tile_rawmode(im.tile[0]))
+                img = _with_16bit_samples(img, tiff16, premultiplied=premultiplied)
             fmt = im.format
             if fmt == "TIFF":
                 # A TIFF's orientation is one of its own tags; its other tags describe the file
@@ -493,7 +495,12 @@ def _planes(img: ImageData, y0: int, y1: int, dtype: np.dtype | type, *,
         px = np.repeat(px, 3, axis=2)
     if img.alpha is None:
         return np.ascontiguousarray(px)
-    return np.concatenate([px, _convert(img.alpha[y0:y1], dtype)[..., None]], axis=2)
+    # filled in place: np.concatenate would return native byte order and so write little-endian
+    # samples into a 16-bit PNG, which must be big-endian
+    out = np.empty(px.shape[:2] + (px.shape[2] + 1,), np.dtype(dtype))
+    out[..., :-1] = px
+    out[..., -1] = _convert(img.alpha[y0:y1], dtype)
+    return out
 
 
 def _write_with_pil(f: BinaryIO, img: ImageData, fmt: str, quality: int, icc: bytes | None) -> None:
@@ -504,6 +511,9 @@ def _write_with_pil(f: BinaryIO, img: ImageData, fmt: str, quality: int, icc: by
         img = replace(img, alpha=None)
     rgb = fmt == "WEBP" or (fmt == "BMP" and img.alpha is not None)   # no gray(+alpha) there
     arr = _planes(img, 0, img.height, np.uint8, gray_to_rgb=rgb)
+    if fmt == "BMP" and img.alpha is not None:
+        _write_bmp_rgba(f, arr)
+        return
     im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
     opts: dict = {}
     if fmt in ("JPEG", "WEBP"):
@@ -515,6 +525,21 @@ def _write_with_pil(f: BinaryIO, img: ImageData, fmt: str, quality: int, icc: by
     if fmt == "JPEG" and quality >= 90:
         opts["subsampling"] = 0   # 4:4:4: chroma subsampling would blur the detail we just made
     im.save(f, format=fmt, **opts)
+
+
+def _write_bmp_rgba(f: BinaryIO, rgba: np.ndarray) -> None:
+    """32-bit BMP with a BITMAPV4 header and an alpha mask (BI_BITFIELDS).
+
+    PIL saves RGBA as a plain 40-byte-header BI_RGB BMP, whose fourth byte every reader (PIL
+    included) ignores, so the alpha plane was silently lost.
+    """
+    h, w = rgba.shape[:2]
+    size = w * h * 4
+    f.write(b"BM" + struct.pack("<IHHI", 14 + 108 + size, 0, 0, 14 + 108))
+    f.write(struct.pack("<IiiHHIIiiII", 108, w, -h, 1, 32, 3, size, 2835, 2835, 0, 0))   # top-down
+    f.write(struct.pack("<IIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000))
+    f.write(struct.pack("<I", 0x73524742) + bytes(36 + 12))   # 'sRGB'; endpoints and gammas unused
+    f.write(np.ascontiguousarray(rgba[..., [2, 1, 0, 3]]).tobytes())
 
 
 # PNG ----------------------------------------------------------------------------------------

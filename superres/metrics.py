@@ -333,8 +333,9 @@ def niqe(img, *, shave: int = 0, params: NiqeParams | str | os.PathLike | None =
 
     `img` is uint8 HxW / HxWx3 (or anything `to_uint8` takes). The score is computed on the BT.601
     Y channel (y_channel=False: full-range luma 0.299 R + 0.587 G + 0.114 B), with `shave` pixels cut
-    from every border and the luma rounded to integers as the reference does; a gray image is used
-    as is. `params` is a NiqeParams, a path, or None for `load_niqe_params()`.
+    from every border and the luma rounded to integers as the reference does; a gray image is taken
+    as R = G = B, as the reference reads it (its Y is 16 + 219/255 v; used as is with
+    y_channel=False). `params` is a NiqeParams, a path, or None for `load_niqe_params()`.
 
     dtype=float32 (default) follows BasicSR's arithmetic, which produced the NIQE columns of recent
     papers; float64 follows MATLAB's. They differ by about 0.01 on a dataset mean.
@@ -342,7 +343,11 @@ def niqe(img, *, shave: int = 0, params: NiqeParams | str | os.PathLike | None =
     if not isinstance(params, NiqeParams):
         params = load_niqe_params(params)
     arr = to_uint8(img)
-    if arr.ndim == 2:
+    if arr.ndim == 2 and y_channel:
+        # The reference reads every file as 3-channel (a gray file as R = G = B) and takes the
+        # studio-swing Y of it, 16 + 219/255 v, not v itself; NIQE is not invariant to that.
+        y = rgb_to_y(np.repeat(arr[..., None], 3, axis=2))
+    elif arr.ndim == 2:
         y = arr.astype(np.float64)
     elif y_channel:
         y = rgb_to_y(arr)

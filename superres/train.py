@@ -88,6 +88,15 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """EMA decay warmed up over the first steps: (1 + step) / (10 + step), capped at `decay`.
+
+    With a fixed 0.999 from step 0, the randomly initialised weights still carry 0.999^3000 = 5% of
+    the average after 3000 steps, which cost 0.7 dB on Set5 in our x4 run; the ramp forgets them fast.
+    """
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -97,8 +106,15 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, cached_gauss = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+             "numpy": torch.from_numpy(keys.astype(np.int64)),
+             # the key alone is not numpy's whole state: without the position (and the cached
+             # Gaussian) a resumed stream restarts the 624-word block and diverges from a straight run
+             "numpy_pos": int(pos), "numpy_gauss": [int(has_gauss), float(cached_gauss)],
+             # not an RNG, but it decides float results too: CPU kernels split their reductions by
+             # the intra-op thread count, so a resume with another count is not bitwise identical
+             "cpu_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -107,9 +123,17 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(int(x) for x in state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    # checkpoints from before numpy_pos was saved: 624 (a fresh block) is the best guess there is
+    has_gauss, cached_gauss = state.get("numpy_gauss", (0, 0.0))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state.get("numpy_pos", 624)),
+                         int(has_gauss), float(cached_gauss)))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    saved_threads = state.get("cpu_threads")
+    if saved_threads is not None and saved_threads != torch.get_num_threads():
+        log.warning("the checkpoint was written with %d CPU thread(s), this process uses %d: CPU results "
+                    "will not be bitwise identical to an uninterrupted run (set OMP_NUM_THREADS=%d to match)",
+                    saved_threads, torch.get_num_threads(), saved_threads)
 
 
 class _StopFlag:
@@ -380,6 +404,18 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
         ids = [device.index] if device.type == "cuda" else None
         gen_train = nn.parallel.DistributedDataParallel(gen, device_ids=ids)
         if disc is not None:
+            # BatchNorm (vgg128, patchgan without spectral norm) normalises each rank's share of the
+            # batch on its own, so W ranks would not train the D one process does. SyncBatchNorm uses
+            # the global batch statistics (it keeps the parameter objects, so opt_d stays valid), but
+            # it is CUDA-only: on CPU the difference stays, and is said.
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in disc.modules()):
+                if device.type == "cuda":
+                    disc = nn.SyncBatchNorm.convert_sync_batchnorm(disc)
+                elif main:
+                    log.warning("the discriminator has BatchNorm, which sees each process's %d samples, not "
+                                "the global batch of %d, and SyncBatchNorm needs CUDA: this run differs from "
+                                "a 1-process one (disc.hparams.spectral_norm = true avoids BatchNorm)",
+                                batch_per_rank, cfg.data.batch_size)
             disc_train = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
 
     # -- data --------------------------------------------------------------------------------
@@ -500,7 +536,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                 scaler.step(opt_g)
             if train_g:
                 sched_g.step()
-                ema_update(ema, gen, t.ema_decay)
+                ema_update(ema, gen, ema_decay_at(t.ema_decay, step))
             else:  # G's schedule follows the step count, also on steps where only D trains
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)

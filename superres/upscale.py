@@ -199,6 +199,7 @@ class Upscaler:
         if img.alpha is not None:
             if alpha == "model":
                 out_alpha = self.upscale_pixels(img.alpha[..., None])[..., 0]
+                _keep_flat_alpha(out_alpha, img.alpha, self.scale)
             else:
                 out_alpha = resize_plane(img.alpha, img.width * self.scale, img.height * self.scale,
                                          Image.Resampling.BICUBIC)
@@ -221,13 +222,32 @@ class Upscaler:
         if isinstance(image, torch.Tensor):
             if image.ndim == 4:
                 return torch.stack([self.upscale(t, **kwargs) for t in image])
-            arr = image.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
-            out = self.upscale_image(ImageData(np.ascontiguousarray(arr)), **kwargs).pixels
+            # through the array path, which knows gray+alpha and RGBA (C = 2, 4) as well
+            arr = np.ascontiguousarray(image.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy())
+            out = self.upscale(arr, **kwargs)
             return torch.from_numpy(out).permute(2, 0, 1).to(image.device, image.dtype)
         raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array, "
                         "a torch tensor or an ImageData")
 
     __call__ = upscale
+
+
+def _keep_flat_alpha(out: np.ndarray, lr: np.ndarray, scale: int) -> None:
+    """In place: where the LR alpha is fully transparent (or fully opaque) over a whole 3x3
+    neighbourhood, the model's alpha becomes exactly 0 (or full).
+
+    A network's output drifts by a level or two on flat input (biases, GAN texture); on an alpha
+    plane that turns a transparent background into a faint veil over the whole image.
+    """
+    h, w = lr.shape
+    if out.shape != (h * scale, w * scale) or not out.flags.c_contiguous:
+        return   # the reshape below would be a copy, and writing to it would change nothing
+    full = max_value(lr.dtype)
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(lr, 1, mode="edge"), (3, 3))
+    lo, hi = win.min(axis=(2, 3)), win.max(axis=(2, 3))
+    view = out.reshape(h, scale, w, scale)   # a view: out is the fresh contiguous model output
+    np.copyto(view, np.asarray(0, out.dtype), where=(hi == 0)[:, None, :, None])
+    np.copyto(view, np.asarray(full, out.dtype), where=(lo == full)[:, None, :, None])
 
 
 def output_size(w: int, h: int, scale: int, *, outscale: float | None = None, width: int | None = None,
@@ -420,7 +440,9 @@ def run_upscale(args: argparse.Namespace) -> int:
     if args.report:
         from .weights import atomic_write_bytes
 
-        atomic_write_bytes(args.report, json.dumps(report, indent=2).encode())
+        data = json.dumps(report, indent=2).encode()
+        # atomic_write_bytes takes a function that writes the temp file, not the bytes themselves
+        atomic_write_bytes(args.report, lambda tmp: Path(tmp).write_bytes(data))
     n_ok = sum(e.get("status") == "ok" for e in report)
     log.info("%d written, %d skipped, %d failed", n_ok, sum(e.get("status") == "skipped" for e in report),
              failed)

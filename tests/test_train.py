@@ -210,7 +210,10 @@ def test_sigkill_and_resume_is_bitwise_identical(images, tmp_path):
     train(cfg, tmp_path / "straight")
 
     save_config(cfg, tmp_path / "cfg.toml")
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    # CPU kernels split reductions by the intra-op thread count, so float results depend on it: the
+    # child must use the same count as this process (the env below would otherwise drop OMP_NUM_THREADS
+    # and let the child take every core). train() warns when a resume changes the count.
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     # G trains from step 2 on (one warm-up step), so its 4th EMA update happens in step 5.
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "cfg.toml"),
                            str(tmp_path / "killed"), "4"], env=env, capture_output=True, text=True, timeout=120)
@@ -235,6 +238,62 @@ def test_resume_explicit_path(images, tmp_path):
     summary = train(cfg, tmp_path / "b", resume=str(path))
     assert summary["step"] == 4
     assert_states_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"), parts=("gen", "ema"))
+
+
+def test_rng_state_round_trip_mid_stream(caplog):
+    """numpy's state is its key *and* position (and cached Gaussian): restoring with position 624
+    replays another stream once numpy has drawn anything."""
+    import random
+
+    np.random.seed(3)
+    np.random.random(10)
+    np.random.standard_normal()
+    state = train_mod.rng_state()
+    draw = lambda: (np.random.random(5), np.random.standard_normal(), random.random(), torch.rand(2))  # noqa: E731
+    want = draw()
+    np.random.seed(99), random.seed(99), torch.manual_seed(99)
+    train_mod.set_rng_state(state)
+    for w, g in zip(want, draw()):
+        assert np.array_equal(np.asarray(w), np.asarray(g))
+    assert "CPU thread" not in caplog.text
+    train_mod.set_rng_state({**state, "cpu_threads": torch.get_num_threads() + 1})  # another thread count
+    assert "not be bitwise identical" in caplog.text
+    legacy = {k: state[k] for k in ("torch", "python", "numpy")}  # checkpoints before numpy_pos
+    train_mod.set_rng_state(legacy)
+
+
+# ---------------------------------------------------------------------------------------------
+# data-parallel
+
+# A D without BatchNorm: BatchNorm sees each rank's half batch (SyncBatchNorm is CUDA-only).
+GAN_SN = ("losses.adversarial=0.1", "losses.feature_matching=1.0", "disc.arch=patchgan",
+          "disc.hparams={num_feat=8, spectral_norm=true}")
+
+
+@pytest.mark.parametrize("extra", [(), GAN_SN], ids=["psnr", "gan"])
+def test_ddp_two_cpu_processes_match_one_process(images, tmp_path, extra):
+    """torchrun with 2 gloo processes x batch 2 == 1 process x batch 4: same samples, averaged
+    gradients, so the same weights up to float summation order."""
+    cfg = tiny(images, *extra, "train.total_steps=3", "train.deterministic=false", "log.ckpt_every=3")
+    save_config(cfg, tmp_path / "cfg.toml")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "superres", "train", str(tmp_path / "cfg.toml"), "--run-dir", str(tmp_path / "ddp")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
+    train(cfg, tmp_path / "single")
+    a, b = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
+    assert a["step"] == b["step"] == 3 and a["sampler"] == b["sampler"] == {"next_index": 12}
+    for part in ("gen", "ema", "disc"):
+        if part in a or part in b:
+            assert a[part].keys() == b[part].keys()
+            for k in a[part]:
+                torch.testing.assert_close(b[part][k], a[part][k], rtol=1e-4, atol=1e-5, msg=f"{part}.{k}")
+    # rank 0 logs the mean over both ranks: the same losses as one process
+    for ra, rb in zip(losses_of(tmp_path / "single"), losses_of(tmp_path / "ddp"), strict=True):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-5), (k, ra, rb)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""superres.evaluate: the benchmark protocol (published bicubic table) and `superres eval`.
+
+Tests that need the shared benchmark data skip with a reason when it is absent.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from superres import metrics as M
+from superres.cli import main
+from superres.evaluate import (bicubic_upscaler, dataset_name, evaluate_pairs, load_pairs, markdown_table,
+                               read_image)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCH = DATA / "benchmarks"
+NIQE_PARAMS = DATA / "niqe_pris_params.npz"
+
+# Bicubic x4 under the standard protocol, as published (e.g. EDSR, RCAN tables).
+PUBLISHED_X4 = {"Set5": (28.42, 0.8104), "Set14": (26.00, 0.7027), "BSD100": (25.96, 0.6675)}
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared benchmark data not found at {path} (read-only data outside the repo)")
+    return path
+
+
+def _eval(tmp_path, *args) -> tuple[int, dict]:
+    out = tmp_path / "r.json"
+    rc = main(["eval", *args, "--device", "cpu", "--json", str(out)])
+    return rc, (json.loads(out.read_text()) if out.exists() else {})
+
+
+# ---------------------------------------------------------------------------------------------
+# the protocol
+
+def test_bicubic_reproduces_the_published_x4_table():
+    dirs = {name: _need(BENCH / name) for name in PUBLISHED_X4}
+    t0 = time.perf_counter()
+    for name, d in dirs.items():
+        res = evaluate_pairs(bicubic_upscaler(4), load_pairs(d, 4), 4, ("psnr", "ssim"))
+        psnr, ssim = PUBLISHED_X4[name]
+        assert abs(res["psnr"] - psnr) <= 0.01, (name, res["psnr"])
+        assert abs(res["ssim"] - ssim) <= 0.001, (name, res["ssim"])
+    # Single-threaded this takes about 2 s (119 images); keep it cheap enough to run always.
+    assert time.perf_counter() - t0 < 60
+
+
+def test_reference_niqe_of_set14():
+    # Measured with the MATLAB/BasicSR reference on these files (shared/data/README.md).
+    _need(NIQE_PARAMS)
+    pairs = load_pairs(_need(BENCH / "Set14"), 4)
+    up = bicubic_upscaler(4)
+    assert np.mean([M.niqe(p.hr, shave=4) for p in pairs]) == pytest.approx(4.92, abs=0.005)
+    assert np.mean([M.niqe(up(p.lr), shave=4) for p in pairs]) == pytest.approx(7.61, abs=0.005)
+
+
+def test_load_pairs_crops_hr_and_makes_matlab_lr(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (37, 42, 3), dtype=np.uint8)
+    (tmp_path / "HR").mkdir()
+    Image.fromarray(img).save(tmp_path / "HR" / "a.png")
+    (pair,) = load_pairs(tmp_path, 4)
+    assert pair.hr.shape == (36, 40, 3) and pair.lr.shape == (9, 10, 3)
+    np.testing.assert_array_equal(pair.hr, img[:36, :40])
+    assert dataset_name(tmp_path / "HR") == dataset_name(tmp_path) == tmp_path.name
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from superres.archs import build_generator
+    from superres.weights import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_weights(path, build_generator("msrresnet", num_feat=8, num_block=1, upscale=4))
+    return path
+
+
+def test_cli_json_csv_save_dir_compare_and_table(tmp_path, tiny_model, capsys):
+    set5 = _need(BENCH / "Set5")
+    _need(NIQE_PARAMS)
+    csv_path, save, compare = tmp_path / "r.csv", tmp_path / "sr", tmp_path / "cmp.png"
+    rc, js = _eval(tmp_path, "--model", "bicubic", "--model", str(tiny_model), "--model", "hr",
+                   "--data", str(set5), "--scale", "4", "--metrics", "psnr,ssim,niqe",
+                   "--csv", str(csv_path), "--save-dir", str(save), "--compare", str(compare))
+    assert rc == 0
+    results = js["results"]
+    assert [(r["model"], r["dataset"], r["scale"]) for r in results] == \
+        [("bicubic", "Set5", 4), ("tiny", "Set5", 4), ("hr", "Set5", 4)]
+    names = sorted(p.name for p in (set5 / "HR").glob("*.png"))
+    for r in results:
+        assert {"model", "dataset", "scale", "psnr", "ssim", "niqe", "seconds_per_image", "per_image"} <= set(r)
+        assert [row["name"] for row in r["per_image"]] == names
+        for row in r["per_image"]:
+            assert {"name", "psnr", "ssim", "niqe", "seconds"} <= set(row)
+        assert r["niqe"] == pytest.approx(np.mean([row["niqe"] for row in r["per_image"]]))
+    bic, tiny, hr = results
+    assert bic["psnr"] == pytest.approx(28.42, abs=0.01) and bic["ssim"] == pytest.approx(0.8104, abs=0.001)
+    assert math.isfinite(tiny["psnr"]) and tiny["psnr"] < bic["psnr"]
+    # hr: the ground truth itself; infinite PSNR is written as null, NIQE is a reference value.
+    assert hr["psnr"] is None and hr["ssim"] == pytest.approx(1.0)
+    assert hr["niqe"] < bic["niqe"]
+    pairs = load_pairs(set5, 4)
+    assert hr["per_image"][0]["niqe"] == pytest.approx(M.niqe(pairs[0].hr, shave=4))
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * len(names)
+    assert {"model", "dataset", "scale", "image", "psnr", "ssim", "niqe"} <= set(rows[0])
+    assert [(r["model"], r["image"]) for r in rows[:2]] == [("bicubic", names[0]), ("bicubic", names[1])]
+    assert float(rows[0]["psnr"]) == pytest.approx(bic["per_image"][0]["psnr"])
+    assert rows[-1]["psnr"] == "inf"
+
+    for label in ("bicubic", "tiny", "hr"):
+        files = sorted(p.name for p in (save / label / "Set5").glob("*.png"))
+        assert files == names
+    np.testing.assert_array_equal(read_image(save / "bicubic" / "Set5" / names[0]),
+                                  bicubic_upscaler(4)(pairs[0].lr))
+    np.testing.assert_array_equal(read_image(save / "hr" / "Set5" / names[0]), pairs[0].hr)
+
+    with Image.open(compare) as im:
+        w, h = im.size
+        assert im.mode == "RGB"
+    # HR, bicubic and tiny panels (hr would repeat HR) of 96 px x2 zoom, 4 px gaps, 14 px label row.
+    assert (w, h) == (3 * 192 + 2 * 4, 192 + 14)
+
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+    assert lines[0] == "| model | Set5 PSNR | Set5 SSIM | Set5 NIQE | s/img |"
+    assert lines[2].startswith(f"| bicubic | {bic['psnr']:.2f} | {bic['ssim']:.4f} | {bic['niqe']:.2f} |")
+    assert lines[4].startswith("| hr | inf | 1.0000 |")
+
+
+def test_cli_lr_dir_pairs_match_the_generated_lr(tmp_path):
+    set5 = _need(BENCH / "Set5")
+    lr_dir = _need(set5 / "LR_bicubic" / "X4")
+    rc, with_lr = _eval(tmp_path, "--model", "bicubic", "--data", str(set5), "--lr-dir", str(lr_dir))
+    assert rc == 0
+    rc, generated = _eval(tmp_path, "--model", "bicubic", "--data", str(set5))
+    assert rc == 0
+    a, b = with_lr["results"][0], generated["results"][0]
+    assert a["dataset"] == "Set5"
+    # The MATLAB LR files equal our imresize output, so the scores are identical.
+    assert [r["psnr"] for r in a["per_image"]] == [r["psnr"] for r in b["per_image"]]
+    assert a["ssim"] == b["ssim"]
+
+
+def test_cli_lr_dir_count_must_match_data(tmp_path, caplog):
+    set5 = _need(BENCH / "Set5")
+    rc = main(["eval", "--model", "bicubic", "--data", str(set5), "--data", str(set5),
+               "--lr-dir", str(set5 / "LR_bicubic" / "X4")])
+    assert rc == 2
+    assert "one per dataset" in caplog.text
+
+
+def test_cli_model_scale_mismatch_and_unknown_model(tmp_path, tiny_model, caplog):
+    set5 = _need(BENCH / "Set5")
+    assert main(["eval", "--model", str(tiny_model), "--data", str(set5), "--scale", "2"]) == 2
+    assert "--scale 4" in caplog.text
+    assert main(["eval", "--model", str(tmp_path / "none.pth"), "--data", str(set5)]) == 2
+    assert main(["eval", "--model", "bicubic", "--data", str(set5), "--metrics", "psnr,bogus"]) == 2
+    assert "bogus" in caplog.text
+
+
+def test_cli_missing_niqe_params_and_lpips_weights(tmp_path, caplog):
+    set5 = _need(BENCH / "Set5")
+    rc = main(["eval", "--model", "bicubic", "--data", str(set5), "--metrics", "niqe",
+               "--niqe-params", str(tmp_path / "none.npz")])
+    assert rc == 2 and "niqe_pris_params.npz" in caplog.text
+    rc = main(["eval", "--model", "bicubic", "--data", str(set5), "--metrics", "lpips"])
+    assert rc == 2 and "never downloads" in caplog.text
+
+
+def test_markdown_table_formats_inf_and_missing_cells():
+    results = [{"model": "a", "dataset": "X", "psnr": math.inf, "seconds_per_image": 0.5, "per_image": [{}]},
+               {"model": "b", "dataset": "Y", "psnr": 30.123, "seconds_per_image": 1.0, "per_image": [{}, {}]}]
+    table = markdown_table(results, ("psnr",)).splitlines()
+    assert table[0] == "| model | X PSNR | Y PSNR | s/img |"
+    assert table[2] == "| a | inf | - | 0.500 |"
+    assert table[3] == "| b | - | 30.12 | 1.000 |"

@@ -418,16 +418,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-lin", default=None, metavar="PATH", help="LPIPS linear-head weights")
 
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def _load_upscalers(specs: list[str], scale: int, device: torch.device,
                     bf16: bool) -> list[tuple[str, Upscaler]]:
     from .models import MODELS, resolve_model_path
@@ -456,12 +446,13 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device,
 def run_eval(args: argparse.Namespace) -> int:
     from .models import ModelNotFound
     from .weights import WeightsError
+    from . import runtime
 
     try:
         metrics = _check_metrics(args.metrics.split(","))
         if args.lr_dir and len(args.lr_dir) != len(args.data):
             raise ValueError(f"{len(args.lr_dir)} --lr-dir for {len(args.data)} --data; give one per dataset")
-        device = _pick_device(args.device)
+        device = runtime.pick_device(args.device)
         niqe_params = M.load_niqe_params(args.niqe_params) if "niqe" in metrics else None
         lpips_model = (M.load_lpips(args.lpips_backbone, args.lpips_lin, args.lpips_net).to(device)
                        if "lpips" in metrics else None)

@@ -627,6 +627,11 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             signal.signal(s, h)
         torch.use_deterministic_algorithms(was_deterministic)
         if dinfo.enabled:
+            # Without the barrier a rank that finishes first tears down its gloo connections while
+            # rank 0 is still writing the final checkpoint, and gloo aborts the process (SIGABRT,
+            # "terminate called without an active exception"); after a failure peers may be gone.
+            if not failed:
+                dist.barrier()
             dist.destroy_process_group()
     return {"step": step, "best": best, "run_dir": str(run_dir)}
 

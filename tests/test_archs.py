@@ -1,6 +1,8 @@
 """Generators: shapes for every arch and scale, public key layouts, weights files and detection."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,9 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):
     with torch.no_grad():
         assert torch.equal(model.eval()(x), loaded(x))
     assert not list(tmp_path.glob("*.tmp")), "the atomic write left its temp file behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask   # not mkstemp's 0600
 
 
 def test_unknown_weights_say_what_was_found(tmp_path):

@@ -68,6 +68,17 @@ class LossConfig:
     adversarial: float = 0.0
     gan_type: str = "vanilla"
     feature_matching: float = 0.0
+    # Texture (local Gram matrix) loss on VGG19 features: losses.vgg_weights when given, otherwise
+    # a VGG19 with fixed random weights (texture_seed), so it works offline.
+    texture: float = 0.0
+    texture_layers: dict[str, float] = field(default_factory=lambda: {"relu1_1": 1.0, "relu2_1": 1.0,
+                                                                      "relu3_1": 1.0})
+    texture_patch: int = 16
+    texture_seed: int = 0
+    # LDL artifact loss: L1 on the pixels where the generator is locally erratic and worse than
+    # its EMA copy (the GAN's halos and noise), leaving GAN detail elsewhere alone. 1.0 in the paper.
+    artifact: float = 0.0
+    artifact_window: int = 7
 
 
 @dataclass
@@ -303,7 +314,7 @@ def uses_discriminator(cfg: Config) -> bool:
 
 def _check_losses(cfg: Config) -> None:
     lo = cfg.losses
-    for key in ("pixel_weight", "perceptual", "adversarial", "feature_matching"):
+    for key in ("pixel_weight", "perceptual", "adversarial", "feature_matching", "texture", "artifact"):
         if getattr(lo, key) < 0:
             raise ConfigError(f"losses.{key} = {getattr(lo, key)} must be >= 0")
     if lo.perceptual > 0:
@@ -320,6 +331,24 @@ def _check_losses(cfg: Config) -> None:
                 raise ConfigError(f"losses.vgg_layers: {e}") from None
             if not isinstance(weight, (int, float)) or isinstance(weight, bool):
                 raise ConfigError(f"losses.vgg_layers.{name} = {weight!r}: expected a number")
+    if lo.texture > 0:
+        from .losses import resolve_vgg_layer
+
+        if not lo.texture_layers:
+            raise ConfigError("losses.texture_layers is empty: give at least one VGG19 layer, e.g. relu2_1")
+        for name, weight in lo.texture_layers.items():
+            try:
+                resolve_vgg_layer(name, False)
+            except ValueError as e:
+                raise ConfigError(f"losses.texture_layers: {e}") from None
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                raise ConfigError(f"losses.texture_layers.{name} = {weight!r}: expected a number")
+        if lo.texture_patch < 2:
+            raise ConfigError(f"losses.texture_patch = {lo.texture_patch} must be >= 2 (pixels)")
+        if lo.vgg_weights and not Path(lo.vgg_weights).is_file():
+            raise ConfigError(f"losses.vgg_weights = {lo.vgg_weights!r}: no such file")
+    if lo.artifact > 0 and (lo.artifact_window < 3 or lo.artifact_window % 2 == 0):
+        raise ConfigError(f"losses.artifact_window = {lo.artifact_window}: expected an odd number >= 3")
     if cfg.train.d_warmup_steps < 0:
         raise ConfigError(f"train.d_warmup_steps = {cfg.train.d_warmup_steps} must be >= 0")
 

@@ -221,3 +221,131 @@ class VGGPerceptualLoss(nn.Module):
         with torch.no_grad():
             f_hr = self.extract(hr)
         return sum(w * F.l1_loss(f_sr[k].float(), f_hr[k].float()) for k, w in self.layer_weights.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# texture loss: local Gram matrices of VGG19 features (EnhanceNet's "T" loss)
+
+
+def random_vgg19_features(up_to: int, seed: int) -> nn.Sequential:
+    """vgg19_features(up_to) with He-normal weights drawn from `seed` (zero biases).
+
+    The fallback when no ImageNet VGG19 file exists (offline): the Gram matrices of a random
+    ReLU network's early layers still describe local texture (He, Wang and Hopcroft 2016 synthesise
+    textures with them; Liu et al. 2021 train SR with random-network losses). He-normal keeps the
+    activations' scale from layer to layer, so the per-layer weights stay comparable; the seed
+    makes the loss network the same on every rank, resume and machine.
+    """
+    features = vgg19_features(up_to)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in features:
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                m.bias.zero_()
+    return features
+
+
+def patch_gram(feat: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N * P, C, C): the Gram matrix of every non-overlapping patch x patch window
+    (the remainder at the right/bottom edge is dropped), normalised by the window's pixel count."""
+    n, c, h, w = feat.shape
+    p = min(patch, h, w)
+    gh, gw = h // p, w // p
+    f = feat[:, :, :gh * p, :gw * p].reshape(n, c, gh, p, gw, p)
+    f = f.permute(0, 2, 4, 1, 3, 5).reshape(n * gh * gw, c, p * p)
+    return f @ f.transpose(1, 2) / (p * p)
+
+
+class TextureLoss(nn.Module):
+    """sum_l w_l * MSE(Gram_l(SR), Gram_l(HR)) over local windows (Sajjadi et al., EnhanceNet).
+
+    Unlike a pixel or feature loss it does not ask for the HR pixels' exact positions, only for the
+    same local texture statistics, so it rewards detail that the pixel loss averages away. The
+    window is `patch` pixels of the *input* image: a layer at 1/2^k resolution uses patch / 2^k.
+    """
+
+    def __init__(self, layer_weights: dict[str, float], *, patch: int = 16, seed: int = 0,
+                 weights_path: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        if not layer_weights:
+            raise ValueError("texture loss: no layers given")
+        if patch < 2:
+            raise ValueError(f"texture loss: patch must be >= 2, got {patch}")
+        self.layer_weights = {resolve_vgg_layer(k, False): float(w) for k, w in layer_weights.items()}
+        self.indices = {VGG19_LAYERS.index(k): k for k in self.layer_weights}
+        up_to = max(self.indices)
+        self.patch = patch
+        if weights_path:
+            from .weights import read_state_dict
+
+            self.features = vgg19_features(up_to)
+            state, _ = read_state_dict(weights_path)
+            try:
+                self.features.load_state_dict(convert_vgg19_state_dict(state, up_to, str(weights_path)))
+            except RuntimeError as e:
+                raise ValueError(f"{weights_path}: not a torchvision VGG19 state dict: {e}") from e
+            self.source = str(weights_path)
+        else:
+            self.features = random_vgg19_features(up_to, seed)
+            self.source = f"random (seed {seed})"
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False).eval()
+        log.info("texture loss: VGG19 %s, %s, %d-pixel windows", self.layer_weights, self.source, patch)
+
+    def train(self, mode: bool = True) -> "TextureLoss":
+        return super().train(False)
+
+    def grams(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (x - self.mean) / self.std
+        out = {}
+        pooled = 0
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                pooled += 1
+            if i in self.indices:
+                out[self.indices[i]] = patch_gram(x.float(), max(1, self.patch >> pooled))
+        return out
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        g_sr = self.grams(sr)
+        with torch.no_grad():
+            g_hr = self.grams(hr)
+        return sum(w * F.mse_loss(g_sr[k], g_hr[k]) for k, w in self.layer_weights.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# artifact loss (LDL: Liang, Zeng and Zhang, "Details or Artifacts", CVPR 2022)
+
+
+def local_variance(x: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Per-pixel variance over a window x window neighbourhood (reflect-padded), same size as x."""
+    pad = window // 2
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    mean = F.avg_pool2d(xp, window, stride=1)
+    return (F.avg_pool2d(xp * xp, window, stride=1) - mean * mean).clamp_min(0)
+
+
+def artifact_map(sr: torch.Tensor, hr: torch.Tensor, sr_ema: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """LDL's per-pixel artifact weight, (B, 1, H, W), no gradient.
+
+    GAN detail and GAN artifacts both differ from HR; what tells them apart is that artifacts are
+    locally erratic (high local variance of the residual) and unstable from step to step: where the
+    slowly moving EMA generator is closer to HR than the current one, the current one's deviation
+    is treated as an artifact; elsewhere the weight is 0 and GAN detail is left alone.
+    """
+    with torch.no_grad():
+        res = (hr - sr).abs().sum(1, keepdim=True).float()
+        res_ema = (hr - sr_ema).abs().sum(1, keepdim=True).float()
+        patch_w = res.var(dim=(1, 2, 3), keepdim=True) ** 0.2
+        weight = patch_w * local_variance(res, window)
+        return weight.masked_fill(res < res_ema, 0.0)
+
+
+def artifact_loss(sr: torch.Tensor, hr: torch.Tensor, sr_ema: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """L1 between SR and HR, weighted by artifact_map: pulls only the artifact pixels back to HR."""
+    w = artifact_map(sr, hr, sr_ema, window)
+    return F.l1_loss(w * sr.float(), w * hr.float())

@@ -47,7 +47,8 @@ from . import runtime
 from .archs import build_discriminator, build_generator
 from .config import Config, ConfigError, config_digest, load_config, save_config, uses_discriminator
 from .data import IndexStreamSampler, PatchDataset
-from .losses import GAN_LOSSES, RELATIVISTIC, VGGPerceptualLoss, feature_matching_loss, pixel_loss
+from .losses import (GAN_LOSSES, RELATIVISTIC, TextureLoss, VGGPerceptualLoss, artifact_loss,
+                     feature_matching_loss, pixel_loss)
 from .weights import atomic_write_bytes, load_generator, save_weights
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,15 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             raise ConfigError(f"losses.vgg_weights: {e}") from e
         percep = percep.to(device, memory_format=mem_format)
 
+    texture = None
+    if lo.texture > 0:
+        try:
+            texture = TextureLoss(lo.texture_layers, patch=lo.texture_patch, seed=lo.texture_seed,
+                                  weights_path=lo.vgg_weights or None)
+        except ValueError as e:
+            raise ConfigError(f"losses.texture: {e}") from e
+        texture = texture.to(device, memory_format=mem_format)
+
     # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (a disabled scaler
     # passes everything through unchanged).
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -510,6 +520,17 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                         l_percep = percep(sr, hr)
                     loss_g = loss_g + lo.perceptual * l_percep
                     logs["l_percep"] = l_percep
+                if texture is not None:
+                    with autocast():
+                        l_tex = texture(sr, hr)
+                    loss_g = loss_g + lo.texture * l_tex
+                    logs["l_tex"] = l_tex
+                if lo.artifact > 0:
+                    with torch.no_grad(), autocast():
+                        sr_ema = ema(lr)
+                    l_art = artifact_loss(sr, hr, sr_ema.float(), lo.artifact_window)
+                    loss_g = loss_g + lo.artifact * l_art
+                    logs["l_art"] = l_art
                 if disc is not None:  # the raw module: D is frozen here and its DDP wrapper syncs D only
                     with autocast():
                         fake_logits, fake_feats = disc(sr, return_features=True)

@@ -101,3 +101,15 @@ def test_shipped_configs_load_and_say_how_to_run(path):
 def test_shipped_configs_are_present():
     names = {p.stem for p in CONFIGS}
     assert {"tiny_cpu", "srresnet_x4_psnr", "srgan_x4", "esrgan_x4", "realesrgan_x4"} <= names
+
+
+def test_texture_loss_keys_are_checked():
+    cfg = load_config(None, ["losses.texture=1.0"])
+    assert cfg.losses.texture_layers == {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}
+    assert cfg.losses.vgg_weights == ""  # random VGG19: no file needed
+    with pytest.raises(ConfigError, match="losses.texture_layers: unknown VGG19 layer 'relu6_1'"):
+        load_config(None, ["losses.texture=1", "losses.texture_layers={relu6_1=1.0}"])
+    with pytest.raises(ConfigError, match="losses.texture_patch = 1 must be >= 2"):
+        load_config(None, ["losses.texture=1", "losses.texture_patch=1"])
+    with pytest.raises(ConfigError, match="losses.texture = -1.0 must be >= 0"):
+        load_config(None, ["losses.texture=-1.0"])

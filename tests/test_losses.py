@@ -192,3 +192,97 @@ def test_perceptual_rejects_other_state_dicts(tmp_path):
                tmp_path / "wrong_shape.pth")
     with pytest.raises(ValueError, match="VGG19"):
         L.VGGPerceptualLoss.from_file(tmp_path / "wrong_shape.pth", {"conv1_1": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# texture (local Gram) loss
+
+def test_patch_gram_hand_computed():
+    torch.manual_seed(0)
+    f = torch.randn(2, 3, 5, 9)  # 2x4 windows of 2x2; the last row and column are dropped
+    g = L.patch_gram(f, 2)
+    assert g.shape == (2 * 2 * 4, 3, 3)
+    win = f[1, :, 2:4, 4:6].reshape(3, 4)  # image 1, window row 1, column 2
+    assert torch.allclose(g[1 * 8 + 1 * 4 + 2], win @ win.T / 4, atol=1e-6)
+    assert torch.allclose(g, g.transpose(1, 2))
+
+
+def test_texture_loss_ignores_position_but_not_texture():
+    """Shifting a texture inside its window keeps the local Gram matrices; smoothing it does not."""
+    loss = L.TextureLoss({"relu1_1": 1.0, "relu2_1": 1.0}, patch=16, seed=0)
+    torch.manual_seed(0)
+    tile = torch.rand(1, 3, 4, 4)
+    hr = tile.repeat(1, 1, 8, 8)  # a periodic texture, 32x32
+    shifted = torch.roll(hr, shifts=(2, 1), dims=(2, 3))
+    smooth = torch.full_like(hr, hr.mean().item())
+    assert loss(hr, hr).item() == 0.0
+    shift_loss, smooth_loss = loss(shifted, hr).item(), loss(smooth, hr).item()
+    assert smooth_loss > 20 * shift_loss  # the shift only changes the windows' borders (zero padding)
+    assert L.pixel_loss("l1", shifted, hr) > 0.5 * L.pixel_loss("l1", smooth, hr)  # pixels disagree
+
+
+def test_texture_loss_random_weights_are_seeded_and_frozen():
+    a = L.TextureLoss({"relu2_1": 1.0}, seed=3)
+    b = L.TextureLoss({"relu2_1": 1.0}, seed=3)
+    c = L.TextureLoss({"relu2_1": 1.0}, seed=4)
+    assert len(a.features) == 7  # as deep as relu2_1 (index 6)
+    for k, v in a.features.state_dict().items():
+        assert torch.equal(v, b.features.state_dict()[k])
+    assert not torch.equal(a.features[0].weight, c.features[0].weight)
+    assert not any(p.requires_grad for p in a.parameters())
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    a.train()
+    assert not a.training
+    a(x, torch.rand(2, 3, 32, 32)).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_texture_loss_loads_a_vgg19_file(tmp_path):
+    ref = write_vgg19(tmp_path / "vgg.pth")
+    loss = L.TextureLoss({"relu1_1": 1.0}, patch=4, weights_path=tmp_path / "vgg.pth")
+    assert torch.equal(loss.features[0].weight, ref["0.weight"])
+    sr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    mean = torch.tensor(L.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(L.IMAGENET_STD).view(1, 3, 1, 1)
+
+    def grams(x):
+        f = F.relu(F.conv2d((x - mean) / std, ref["0.weight"], ref["0.bias"], padding=1))[0]
+        wins = [f[:, i:i + 4, j:j + 4].reshape(64, 16) for i in (0, 4) for j in (0, 4)]
+        return torch.stack([w @ w.T / 16 for w in wins])
+
+    expected = F.mse_loss(grams(sr), grams(hr))
+    assert loss(sr, hr).item() == pytest.approx(expected.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="unknown VGG19 layer"):
+        L.TextureLoss({"relu9_1": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# LDL artifact loss
+
+def test_local_variance_brute_force():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 9, 10)
+    v = L.local_variance(x, 3)
+    xp = F.pad(x, (1, 1, 1, 1), mode="reflect")[0, 0]
+    for i, j in [(0, 0), (4, 5), (8, 9), (3, 0)]:
+        win = xp[i:i + 3, j:j + 3]
+        assert v[0, 0, i, j].item() == pytest.approx(win.var(unbiased=False).item(), abs=1e-6)
+    assert torch.allclose(L.local_variance(torch.full((1, 1, 8, 8), 0.3), 7), torch.zeros(1, 1, 8, 8), atol=1e-6)
+
+
+def test_artifact_map_only_where_the_ema_is_closer():
+    torch.manual_seed(0)
+    hr = torch.rand(2, 3, 16, 16)
+    noise = 0.2 * torch.randn(2, 3, 16, 16)
+    sr = hr + noise * (torch.arange(16) < 8).float()  # erratic on the left half only
+    ema_good, ema_bad = hr.clone(), hr + 0.5  # the EMA either matches HR or is far worse everywhere
+    w = L.artifact_map(sr, hr, ema_good)
+    assert w.shape == (2, 1, 16, 16) and not w.requires_grad
+    assert (w[..., :6] > 0).all()  # erratic and worse than the EMA: an artifact
+    assert (w[..., 11:] == 0).all()  # the 7-wide window around these columns sees no residual at all
+    assert (L.artifact_map(sr, hr, ema_bad) == 0).all()  # the EMA is worse: nothing is an artifact
+    assert L.artifact_loss(hr, hr, ema_good).item() == 0.0
+    sr.requires_grad_(True)
+    loss = L.artifact_loss(sr, hr, ema_good)
+    loss.backward()
+    assert loss.item() > 0 and sr.grad[..., :6].abs().sum() > 0 and (sr.grad[..., 11:] == 0).all()

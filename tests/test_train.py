@@ -352,3 +352,24 @@ def test_tensorboard_when_installed(images, tmp_path):
     pytest.importorskip("tensorboard")
     train(tiny(images, "train.total_steps=1", "log.tensorboard=true"), tmp_path / "run")
     assert list((tmp_path / "run" / "tb").glob("events.*"))
+
+
+def test_texture_loss_trains_without_a_discriminator(images, tmp_path):
+    cfg = tiny(images, "losses.texture=1.0", "losses.texture_layers={relu1_1=1.0, relu2_1=0.5}",
+               "losses.texture_patch=8")
+    train(cfg, tmp_path / "run")
+    recs = records(tmp_path / "run")
+    assert all(math.isfinite(r["l_tex"]) and r["l_tex"] > 0 and "loss_d" not in r for r in recs)
+    for r in recs:
+        assert r["loss_g"] == pytest.approx(r["l_pix"] + r["l_tex"], rel=1e-4)
+    assert "disc" not in final_state(tmp_path / "run")
+
+
+def test_artifact_loss_in_the_gan_step(images, tmp_path):
+    cfg = tiny(images, *GAN, "losses.artifact=1.0", "train.total_steps=4")
+    train(cfg, tmp_path / "run")
+    recs = records(tmp_path / "run")
+    assert all(math.isfinite(r["l_art"]) and r["l_art"] >= 0 for r in recs)
+    assert any(r["l_art"] > 0 for r in recs[1:])  # once G and its EMA differ, some pixels are flagged
+    with pytest.raises(ConfigError, match="losses.artifact_window = 4: expected an odd number"):
+        tiny(images, "losses.artifact=1.0", "losses.artifact_window=4")

@@ -240,9 +240,22 @@ def export_metadata(src: ExportSource, description: str = "") -> dict[str, Any]:
     meta.update({k: v for k, v in fresh.items() if v is not None})
     meta.setdefault("description", "")
     meta["weights"] = src.weights
-    meta["source"] = str(src.path)
+    meta["source"] = portable_path(src.path)
     meta["superres_version"] = __version__
     return meta
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """A path for metadata that travels with the file: relative to the working folder when it lies
+    under it, else only its last three parts (run/checkpoints/ckpt_N.pt); a shipped model should
+    not carry the home folder of the machine it was trained on."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*path.parts[-3:]).as_posix()
 
 
 def export_run(source: str | os.PathLike, output: str | os.PathLike, *, weights: str = "ema",

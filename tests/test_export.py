@@ -220,3 +220,13 @@ def test_interpolate_mismatched_archs(tmp_path):
         interpolate_files(tmp_path / "a.safetensors", tmp_path / "c.safetensors", 0.5,
                           tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_source_metadata_is_portable(tmp_path, monkeypatch):
+    from superres.export import portable_path
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_path("runs/a/checkpoints/ckpt_00000010.pt") == "runs/a/checkpoints/ckpt_00000010.pt"
+    assert portable_path(tmp_path / "runs" / "a" / "best.safetensors") == "runs/a/best.safetensors"
+    outside = tmp_path.parent / "elsewhere" / "home" / "me" / "runs" / "b" / "checkpoints" / "ckpt_1.pt"
+    assert portable_path(outside) == "b/checkpoints/ckpt_1.pt"

@@ -231,6 +231,18 @@ class GanHealth:
             self.adv_history.append(v)
         return out
 
+    def replay(self, metrics_path: Path) -> None:
+        """Feed the records a resumed run already logged, so streaks and open alarms carry over a
+        resume (an alarm already raised before the kill is not raised again)."""
+        if not metrics_path.is_file():
+            return
+        for line in metrics_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.check(rec)
+
 
 def open_tensorboard(run_dir: Path, enabled: bool):
     """A SummaryWriter on run_dir/tb, or None: tensorboard is optional."""
@@ -446,6 +458,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
     metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
     tb = open_tensorboard(run_dir, lg.tensorboard) if main else None
     health = GanHealth()
+    if resume_path is not None and main:
+        health.replay(run_dir / "metrics.jsonl")
     last_saved = step if resume_path is not None else -1
 
     def save_checkpoint() -> None:

@@ -373,3 +373,18 @@ def test_artifact_loss_in_the_gan_step(images, tmp_path):
     assert any(r["l_art"] > 0 for r in recs[1:])  # once G and its EMA differ, some pixels are flagged
     with pytest.raises(ConfigError, match="losses.artifact_window = 4: expected an odd number"):
         tiny(images, "losses.artifact=1.0", "losses.artifact_window=4")
+
+
+def test_gan_health_streaks_survive_a_resume(tmp_path):
+    """Two low-loss_d logs before the kill and one after still make the 3-log streak."""
+    base = {"loss_d": 1.3, "sr_std": 0.2, "hr_std": 0.25, "l_adv": 0.7}
+    path = tmp_path / "metrics.jsonl"
+    recs = [{"step": 1, **base}, {"step": 2, **base, "loss_d": 0.001}, {"step": 3, **base, "loss_d": 0.001},
+            {"step": 3, "val/psnr": 20.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 4, "loss_d"')  # cut by the kill
+    resumed = GanHealth(patience=3)
+    resumed.replay(path)
+    warnings = resumed.check({"step": 4, **base, "loss_d": 0.001})
+    assert len(warnings) == 1 and "discriminator wins" in warnings[0]
+    fresh = GanHealth(patience=3)
+    assert fresh.check({"step": 4, **base, "loss_d": 0.001}) == []

@@ -312,6 +312,19 @@ def uses_discriminator(cfg: Config) -> bool:
     return cfg.losses.adversarial > 0 or cfg.losses.feature_matching > 0
 
 
+def _check_vgg_layers(key: str, layers: dict, before_activation: bool) -> None:
+    """losses.<key> maps VGG19 layer names to numeric weights."""
+    from .losses import resolve_vgg_layer
+
+    for name, weight in layers.items():
+        try:
+            resolve_vgg_layer(name, before_activation)
+        except ValueError as e:
+            raise ConfigError(f"losses.{key}: {e}") from None
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+            raise ConfigError(f"losses.{key}.{name} = {weight!r}: expected a number")
+
+
 def _check_losses(cfg: Config) -> None:
     lo = cfg.losses
     for key in ("pixel_weight", "perceptual", "adversarial", "feature_matching", "texture", "artifact"):
@@ -322,27 +335,11 @@ def _check_losses(cfg: Config) -> None:
             raise ConfigError("losses.perceptual > 0 needs losses.vgg_weights: a torchvision-format VGG19 "
                               "state dict; none is downloaded. Give its path (.pth or .safetensors), or "
                               "set losses.perceptual = 0 and use losses.feature_matching instead")
-        from .losses import resolve_vgg_layer
-
-        for name, weight in lo.vgg_layers.items():
-            try:
-                resolve_vgg_layer(name, lo.vgg_before_activation)
-            except ValueError as e:
-                raise ConfigError(f"losses.vgg_layers: {e}") from None
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-                raise ConfigError(f"losses.vgg_layers.{name} = {weight!r}: expected a number")
+        _check_vgg_layers("vgg_layers", lo.vgg_layers, lo.vgg_before_activation)
     if lo.texture > 0:
-        from .losses import resolve_vgg_layer
-
         if not lo.texture_layers:
             raise ConfigError("losses.texture_layers is empty: give at least one VGG19 layer, e.g. relu2_1")
-        for name, weight in lo.texture_layers.items():
-            try:
-                resolve_vgg_layer(name, False)
-            except ValueError as e:
-                raise ConfigError(f"losses.texture_layers: {e}") from None
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-                raise ConfigError(f"losses.texture_layers.{name} = {weight!r}: expected a number")
+        _check_vgg_layers("texture_layers", lo.texture_layers, False)
         if lo.texture_patch < 2:
             raise ConfigError(f"losses.texture_patch = {lo.texture_patch} must be >= 2 (pixels)")
         if lo.vgg_weights and not Path(lo.vgg_weights).is_file():

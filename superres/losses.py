@@ -173,6 +173,19 @@ def convert_vgg19_state_dict(state: dict[str, torch.Tensor], up_to: int, where: 
     return feats
 
 
+def load_vgg19_features(path: str | os.PathLike, up_to: int) -> nn.Sequential:
+    """vgg19_features(up_to) with the weights of a torchvision-format VGG19 file (.pth/.safetensors)."""
+    from .weights import read_state_dict
+
+    features = vgg19_features(up_to)
+    state, _ = read_state_dict(path)
+    try:
+        features.load_state_dict(convert_vgg19_state_dict(state, up_to, str(path)), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not a torchvision VGG19 state dict: {e}") from e
+    return features.requires_grad_(False).eval()  # a fixed feature extractor
+
+
 class VGGPerceptualLoss(nn.Module):
     """sum_l w_l * L1(phi_l(SR), phi_l(HR)) on ImageNet-normalised [0, 1] RGB (Johnson et al.;
     SRGAN takes features after activation, ESRGAN before: sharper, better-balanced brightness)."""
@@ -191,16 +204,8 @@ class VGGPerceptualLoss(nn.Module):
     @classmethod
     def from_file(cls, path: str | os.PathLike, layer_weights: dict[str, float], *,
                   before_activation: bool = True) -> "VGGPerceptualLoss":
-        from .weights import read_state_dict
-
         loss = cls(layer_weights, before_activation=before_activation)
-        state, _ = read_state_dict(path)
-        up_to = len(loss.features) - 1
-        state = convert_vgg19_state_dict(state, up_to, str(path))
-        try:
-            loss.features.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: not a torchvision VGG19 state dict: {e}") from e
+        loss.features = load_vgg19_features(path, len(loss.features) - 1)
         log.info("perceptual loss: VGG19 %s from %s", loss.layer_weights, path)
         return loss
 
@@ -278,14 +283,7 @@ class TextureLoss(nn.Module):
         up_to = max(self.indices)
         self.patch = patch
         if weights_path:
-            from .weights import read_state_dict
-
-            self.features = vgg19_features(up_to)
-            state, _ = read_state_dict(weights_path)
-            try:
-                self.features.load_state_dict(convert_vgg19_state_dict(state, up_to, str(weights_path)))
-            except RuntimeError as e:
-                raise ValueError(f"{weights_path}: not a torchvision VGG19 state dict: {e}") from e
+            self.features = load_vgg19_features(weights_path, up_to)
             self.source = str(weights_path)
         else:
             self.features = random_vgg19_features(up_to, seed)

@@ -111,6 +111,17 @@ def feature_matching_loss(fake_feats: list[torch.Tensor], real_feats: list[torch
     return total / len(fake_feats)
 
 
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean over the batch of |grad_x D(x)|^2 on real images.
+
+    Unregularised GAN training circles its equilibrium instead of converging to it; penalising D's
+    slope on the real data damps that circling. `real` must have requires_grad set before D ran
+    on it. The graph is kept so the penalty itself trains D.
+    """
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 # ---------------------------------------------------------------------------------------------
 # perceptual loss on VGG19 features
 

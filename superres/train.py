@@ -48,7 +48,7 @@ from .archs import build_discriminator, build_generator
 from .config import Config, ConfigError, config_digest, load_config, save_config, uses_discriminator
 from .data import IndexStreamSampler, PatchDataset
 from .losses import (GAN_LOSSES, RELATIVISTIC, TextureLoss, VGGPerceptualLoss, artifact_loss,
-                     feature_matching_loss, pixel_loss)
+                     feature_matching_loss, pixel_loss, r1_penalty)
 from .weights import atomic_write_bytes, load_generator, save_weights
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,33 @@ def lr_lambda(cfg: Config):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
+
+
+def init_generator_from(gen: nn.Module, arch: str, src: nn.Module, src_arch: str, name: str) -> None:
+    """Copy a pretrained generator's weights into `gen` (model.pretrained).
+
+    The architecture and hyperparameters must match, except the scale: a model of another scale
+    gives every tensor whose name and shape fit (for MSRResNet x4 -> x2 all but the second
+    upsampling conv), and the rest keeps its fresh initialisation. EDSR starts its x3/x4 models
+    from the x2 one this way; the shared body is most of the training.
+    """
+    g_rest = {k: v for k, v in gen.hparams.items() if k != "upscale"}
+    s_rest = {k: v for k, v in src.hparams.items() if k != "upscale"}
+    if arch != src_arch or g_rest != s_rest:
+        raise ConfigError(f"model.pretrained {name} is {src_arch} {src.hparams}, but the config builds "
+                          f"{arch} {gen.hparams}: only the scale may differ")
+    if src.hparams.get("upscale") == gen.hparams.get("upscale"):
+        gen.load_state_dict(src.state_dict())
+        log.info("generator initialised from %s", name)
+        return
+    own, given = gen.state_dict(), src.state_dict()
+    fits = {k: v for k, v in given.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(k for k in own if k not in fits)
+    if not fits:
+        raise ConfigError(f"model.pretrained {name}: no weights fit the x{gen.hparams.get('upscale')} model")
+    gen.load_state_dict(fits, strict=False)
+    log.warning("generator initialised from the x%s model %s: %d of %d tensors copied; trained from "
+                "scratch: %s", src.hparams.get("upscale"), name, len(fits), len(own), ", ".join(fresh) or "none")
 
 
 def ema_decay_at(decay: float, step: int) -> float:
@@ -323,11 +350,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             raise ConfigError(f"model.pretrained = {cfg.model.pretrained!r}: no such file (paths are relative "
                               f"to the working folder {Path.cwd()}); train stage 1 first or fix the path")
         src, info = load_generator(cfg.model.pretrained)
-        if info["arch"] != cfg.model.arch or info["hparams"] != gen.hparams:
-            raise ConfigError(f"model.pretrained {cfg.model.pretrained} is {info['arch']} "
-                              f"{info['hparams']}, but the config builds {cfg.model.arch} {gen.hparams}")
-        gen.load_state_dict(src.state_dict())
-        log.info("generator initialised from %s", cfg.model.pretrained)
+        init_generator_from(gen, cfg.model.arch, src, info["arch"], cfg.model.pretrained)
     gen = gen.to(device, memory_format=mem_format)
     ema = build_generator(cfg.model.arch, upscale=cfg.model.scale, **cfg.model.hparams)
     ema.load_state_dict(gen.state_dict())
@@ -580,10 +603,16 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             # -- discriminator step on the detached SR ---------------------------------------------
             if disc is not None:
                 disc.requires_grad_(True)
+                do_r1 = lo.r1 > 0 and step % lo.r1_every == 0
+                hr_d = hr.detach().requires_grad_(True) if do_r1 else hr
                 with autocast():
-                    real_logits = disc_train(hr)
+                    real_logits = disc_train(hr_d)
                     fake_logits = disc_train(sr.detach())
                 loss_d = d_adv_loss(real_logits.float(), fake_logits.float())
+                if do_r1:
+                    l_r1 = r1_penalty(real_logits, hr_d)
+                    loss_d = loss_d + 0.5 * lo.r1 * lo.r1_every * l_r1
+                    logs["l_r1"] = l_r1.detach()
                 opt_d.zero_grad(set_to_none=True)
                 scaler.scale(loss_d).backward()
                 if cfg.optim.grad_clip_d > 0:

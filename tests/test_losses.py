@@ -256,6 +256,24 @@ def test_texture_loss_loads_a_vgg19_file(tmp_path):
         L.TextureLoss({"relu9_1": 1.0})
 
 
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    """D(x) = <w, x> has input gradient w for every image: R1 = |w|^2, and dR1/dw = 2w."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 4, requires_grad=True)
+    x = torch.rand(5, 3, 4, 4, requires_grad=True)
+    logits = (x * w).flatten(1).sum(1, keepdim=True)
+    r1 = L.r1_penalty(logits, x)
+    assert r1.item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+    r1.backward()  # the graph was kept: the penalty trains D's weights
+    assert torch.allclose(w.grad, 2 * w.detach(), atol=1e-5)
+
+
+def test_r1_penalty_is_zero_for_a_flat_discriminator():
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    logits = (x * 0).sum((1, 2, 3)) + 1.0
+    assert L.r1_penalty(logits, x).item() == 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # LDL artifact loss
 

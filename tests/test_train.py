@@ -164,6 +164,24 @@ def test_pretrained_generator(images, tmp_path):
         train(cfg, tmp_path / "run2")
 
 
+def test_pretrained_generator_of_another_scale(images, tmp_path):
+    """x4 -> x2 MSRResNet: everything but the second upsampling conv is copied; other sizes fail."""
+    torch.manual_seed(5)
+    src = build_generator("msrresnet", upscale=4, num_feat=8, num_block=1)
+    save_weights(tmp_path / "x4.safetensors", src)
+    cfg = tiny(images, *GAN, "model.scale=2", "train.total_steps=1", "train.d_warmup_steps=1",
+               f"model.pretrained={json.dumps(str(tmp_path / 'x4.safetensors'))}")
+    train(cfg, tmp_path / "run")
+    gen = final_state(tmp_path / "run")["gen"]
+    assert "upconv2.weight" not in gen
+    assert set(gen) == set(src.state_dict()) - {"upconv2.weight", "upconv2.bias"}
+    assert all(torch.equal(gen[k], src.state_dict()[k]) for k in gen)
+    save_weights(tmp_path / "wide.safetensors", build_generator("msrresnet", upscale=4, num_feat=16, num_block=1))
+    cfg.model.pretrained = str(tmp_path / "wide.safetensors")
+    with pytest.raises(ConfigError, match="only the scale may differ"):
+        train(cfg, tmp_path / "run2")
+
+
 def test_non_finite_loss_stops_without_saving(images, tmp_path, monkeypatch):
     real = train_mod.pixel_loss
     calls = []
@@ -373,6 +391,22 @@ def test_artifact_loss_in_the_gan_step(images, tmp_path):
     assert any(r["l_art"] > 0 for r in recs[1:])  # once G and its EMA differ, some pixels are flagged
     with pytest.raises(ConfigError, match="losses.artifact_window = 4: expected an odd number"):
         tiny(images, "losses.artifact=1.0", "losses.artifact_window=4")
+
+
+def test_r1_penalty_in_the_discriminator_step(images, tmp_path):
+    cfg = tiny(images, *GAN, "losses.r1=10.0", "losses.r1_every=2", "train.total_steps=4")
+    train(cfg, tmp_path / "r1")
+    recs = records(tmp_path / "r1")
+    # D steps 0 and 2 carry the penalty; they are logged as steps 1 and 3
+    assert [r["step"] for r in recs if "l_r1" in r] == [1, 3]
+    assert all(math.isfinite(r["l_r1"]) and r["l_r1"] > 0 for r in recs if "l_r1" in r)
+    train(tiny(images, *GAN, "train.total_steps=4"), tmp_path / "plain")
+    with_r1, plain = final_state(tmp_path / "r1")["disc"], final_state(tmp_path / "plain")["disc"]
+    assert any(not torch.equal(with_r1[k], plain[k]) for k in plain)  # the penalty moved D
+    with pytest.raises(ConfigError, match="losses.r1_every = 0 must be >= 1"):
+        tiny(images, "losses.r1=1.0", "losses.r1_every=0")
+    with pytest.raises(ConfigError, match="losses.r1 = -1.0 must be >= 0"):
+        tiny(images, "losses.r1=-1.0")
 
 
 def test_gan_health_streaks_survive_a_resume(tmp_path):

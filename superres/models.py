@@ -34,8 +34,10 @@ MODELS: dict[str, ModelEntry] = {
                           "MSRResNet trained with L1 loss on T91+BSD200: highest fidelity (PSNR)."),
     "gan-x4": ModelEntry("gan-x4", "gan-x4.safetensors", 4,
                          "Adversarial fine-tune of psnr-x4: sharper, more natural texture."),
-    "psnr-x2": ModelEntry("psnr-x2", "psnr-x2.safetensors", 2, "MSRResNet x2, L1 loss."),
-    "gan-x2": ModelEntry("gan-x2", "gan-x2.safetensors", 2, "Adversarial fine-tune of psnr-x2."),
+    "psnr-x2": ModelEntry("psnr-x2", "psnr-x2.safetensors", 2,
+                          "MSRResNet x2 trained with L1 loss, started from psnr-x4: highest fidelity at x2."),
+    "gan-x2": ModelEntry("gan-x2", "gan-x2.safetensors", 2,
+                         "Adversarial fine-tune of psnr-x2: sharper, more natural texture at x2."),
 }
 
 # The preferred default; falls back down this list to the first model whose file is shipped.

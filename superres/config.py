@@ -55,6 +55,10 @@ class DataConfig:
     val_dirs: list[str] = field(default_factory=lambda: ["../shared/data/benchmarks/Set5",
                                                          "../shared/data/benchmarks/Set14"])
     val_max_images: int = 0  # 0 = all
+    # N > 1: every N-th image (by sorted name) of each training folder is left out of training and
+    # validated as "<folder>-holdout": a validation set from the training data's own distribution
+    # (BSD200's holdout tracks the BSD100 test set without looking at it). 0 = train on everything.
+    holdout: int = 0
 
 
 @dataclass
@@ -298,6 +302,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} = {value} must be > 0")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay = {cfg.train.ema_decay} must be in [0, 1)")
+    if cfg.data.holdout < 0 or cfg.data.holdout == 1:
+        raise ConfigError(f"data.holdout = {cfg.data.holdout}: allowed values are 0 (no holdout) or "
+                          "an integer N >= 2 (every N-th image of each training folder is held out)")
     if not cfg.data.train_dirs:
         raise ConfigError("data.train_dirs is empty: give at least one folder of HR images")
     if cfg.data.lr_dirs and len(cfg.data.lr_dirs) != len(cfg.data.train_dirs):

@@ -41,6 +41,15 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+def split_holdout(paths: list[Path], every: int) -> tuple[list[Path], list[Path]]:
+    """(kept, held out): with every = N > 1 the N-th, 2N-th, ... image of the sorted list is held
+    out, so the split is fixed by the file names alone and the same on every machine."""
+    if every <= 1:
+        return list(paths), []
+    return ([p for i, p in enumerate(paths) if i % every != every - 1],
+            [p for i, p in enumerate(paths) if i % every == every - 1])
+
+
 def load_rgb_uint8(path: str | Path) -> np.ndarray:
     """HxWx3 uint8; grayscale is replicated so every training sample has 3 channels."""
     with Image.open(path) as im:
@@ -89,7 +98,7 @@ class PatchDataset(Dataset):
 
     def __init__(self, hr_dirs: list[str], *, scale: int, hr_patch: int, seed: int = 0,
                  degradation: str = "bicubic", lr_dirs: list[str] | None = None,
-                 augment: bool = True) -> None:
+                 augment: bool = True, holdout: int = 0) -> None:
         if hr_patch % scale:
             raise ValueError(f"hr_patch={hr_patch} must be a multiple of scale={scale}")
         if degradation not in self.DEGRADATIONS:
@@ -103,7 +112,7 @@ class PatchDataset(Dataset):
         lr_dirs = lr_dirs or []
         for i, d in enumerate(hr_dirs):
             lr_index = _lr_index(lr_dirs[i], scale) if lr_dirs else {}
-            for path in list_images(d):
+            for path in split_holdout(list_images(d), holdout)[0]:
                 hr = load_rgb_uint8(path)
                 h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
                 if h < hr_patch or w < hr_patch:

@@ -95,18 +95,19 @@ _PAIR_CACHE: dict[tuple, list[Pair]] = {}
 
 
 def load_pairs(hr_dir: str | os.PathLike, scale: int, *, lr_dir: str | os.PathLike | None = None,
-               max_images: int | None = None) -> list[Pair]:
+               max_images: int | None = None, files: list[Path] | None = None) -> list[Pair]:
     """(name, HR, LR) for every image of `hr_dir` (or its `HR/` subfolder), sorted by name.
 
     Without `lr_dir` the LR is `imresize(hr, 1/scale)` (MATLAB bicubic) of the cropped HR; with it,
     LR files are matched to HR files by name stem (suffixes like x4, _x4, _LR are tolerated) and HR
-    is cropped to LR size * scale. Results are cached per process (keyed by the files' names, sizes
+    is cropped to LR size * scale. `files` (HR paths inside `hr_dir`) evaluates those images instead of
+    the whole folder (a training folder's held-out images). Results are cached per process (keyed by the files' names, sizes
     and modification times), so repeated validations do not redo the resizing.
     """
     if scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
     folder = hr_folder(hr_dir)
-    paths = list_images(folder, recursive=False)
+    paths = sorted(Path(f) for f in files) if files is not None else list_images(folder, recursive=False)
     if not paths:
         raise FileNotFoundError(f"no images in {folder} (looked for png/jpg/bmp/tif/webp files)")
     lr_paths = list_images(Path(lr_dir).expanduser(), recursive=False) if lr_dir else []
@@ -266,13 +267,14 @@ def evaluate_pairs(upscale: Upscaler, pairs: list[Pair], scale: int,
 def evaluate_generator(model: nn.Module, hr_dir: str | os.PathLike, scale: int,
                        metrics: Iterable[str] = ("psnr", "ssim"), device: str | torch.device = "cpu",
                        max_images: int | None = None, autocast_bf16: bool = False,
-                       niqe_params: M.NiqeParams | str | None = None) -> dict[str, Any]:
+                       niqe_params: M.NiqeParams | str | None = None,
+                       files: list[Path] | None = None) -> dict[str, Any]:
     """Validation for the training loop: `model` on the benchmark protocol for one HR folder.
 
     The model is run on `device` (moved there and back if it lives elsewhere) in eval mode; its
     training flag is restored afterwards. Returns the `evaluate_pairs` summary.
     """
-    pairs = load_pairs(hr_dir, scale, max_images=max_images)
+    pairs = load_pairs(hr_dir, scale, max_images=max_images, files=files)
     device = torch.device(device)
     params = list(model.parameters())
     home = params[0].device if params else device

@@ -466,7 +466,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
     # -- data --------------------------------------------------------------------------------
     dataset = PatchDataset(cfg.data.train_dirs, scale=cfg.model.scale, hr_patch=cfg.data.hr_patch,
                            seed=t.seed, degradation=cfg.data.degradation,
-                           lr_dirs=cfg.data.lr_dirs or None)
+                           lr_dirs=cfg.data.lr_dirs or None, holdout=cfg.data.holdout)
     # The sampler's whole state is the next global sample index; rank r takes r, r+W, r+2W, ...
     sampler = IndexStreamSampler(start_index=-(-next_sample // dinfo.world_size), rank=dinfo.rank,
                                  world_size=dinfo.world_size)
@@ -655,7 +655,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                     bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items()
                                      if k.startswith(("l", "d_")) and k != "lr_g" and k != "lr_d"})
                 sums, counts, t_last, step_last = {}, {}, time.time(), step
-            if (lg.val_every and cfg.data.val_dirs and main
+            if (lg.val_every and (cfg.data.val_dirs or cfg.data.holdout > 1) and main
                     and (step % lg.val_every == 0 or step == t.total_steps)):
                 result = validate(ema, cfg, device, amp_dtype, run_dir, step, tb)
                 write_metrics({"step": step, **result})
@@ -713,6 +713,21 @@ def _val_name(d: str | Path) -> str:
     return Path(d).name if Path(d).name != "HR" else Path(d).parent.name
 
 
+def _val_sets(cfg: Config) -> list[tuple[str, Path, list[Path] | None]]:
+    """(name, folder, files or None for the whole folder): val_dirs, then each training folder's
+    held-out images when data.holdout is set."""
+    from .data import list_images, split_holdout
+
+    sets: list[tuple[str, Path, list[Path] | None]] = [(_val_name(d), Path(d), None)
+                                                       for d in cfg.data.val_dirs]
+    if cfg.data.holdout > 1:
+        for d in cfg.data.train_dirs:
+            held = split_holdout(list_images(d), cfg.data.holdout)[1]
+            if held:
+                sets.append((f"{Path(d).name}-holdout", Path(d), held))
+    return sets
+
+
 @torch.no_grad()
 def validate(model: nn.Module, cfg: Config, device: torch.device, amp_dtype, run_dir: Path,
              step: int, tb=None) -> dict[str, float]:
@@ -724,15 +739,17 @@ def validate(model: nn.Module, cfg: Config, device: torch.device, amp_dtype, run
     if cfg.log.val_niqe or cfg.log.best_metric == "niqe":
         metrics += ("niqe",)
     out: dict[str, float] = {}
-    for d in cfg.data.val_dirs:
+    names = []
+    for name, d, files in _val_sets(cfg):
         res = evaluate_generator(model, d, cfg.model.scale, metrics=metrics, device=str(device),
-                                 max_images=cfg.data.val_max_images or None)
+                                 max_images=cfg.data.val_max_images or None, files=files)
+        names.append(name)
         for m in metrics:
-            out[f"val/{_val_name(d)}/{m}"] = float(res[m])
-    if cfg.data.val_dirs:
+            out[f"val/{name}/{m}"] = float(res[m])
+    if names:
         for m in metrics:
-            out[f"val/{m}"] = float(np.mean([out[f"val/{_val_name(d)}/{m}"] for d in cfg.data.val_dirs]))
-        if cfg.log.sample_images > 0:
+            out[f"val/{m}"] = float(np.mean([out[f"val/{n}/{m}"] for n in names]))
+        if cfg.log.sample_images > 0 and cfg.data.val_dirs:
             save_samples(model, _hr_folder(cfg.data.val_dirs[0]), cfg.model.scale, cfg.log.sample_images,
                          run_dir / "samples", step, device, tb)
     return out

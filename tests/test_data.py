@@ -214,3 +214,12 @@ def test_degrade_command_writes_the_lr_image(tmp_path):
     r1, r2 = load_rgb_uint8(tmp_path / "r1.png"), load_rgb_uint8(tmp_path / "r2.png")
     assert r1.shape == (12, 16, 3)
     np.testing.assert_array_equal(r1, r2)
+
+
+def test_split_holdout_is_fixed_by_the_sorted_names():
+    from superres.data import split_holdout
+    paths = [Path(f"{i:02d}.png") for i in range(25)]
+    kept, held = split_holdout(paths, 10)
+    assert [p.name for p in held] == ["09.png", "19.png"]
+    assert len(kept) == 23 and not set(kept) & set(held)
+    assert split_holdout(paths, 0) == (paths, [])

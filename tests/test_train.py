@@ -422,3 +422,26 @@ def test_gan_health_streaks_survive_a_resume(tmp_path):
     assert len(warnings) == 1 and "discriminator wins" in warnings[0]
     fresh = GanHealth(patience=3)
     assert fresh.check({"step": 4, **base, "loss_d": 0.001}) == []
+
+
+def test_holdout_images_are_validated_and_never_trained_on(tmp_path, monkeypatch):
+    pytest.importorskip("superres.evaluate")
+    folder = make_images(tmp_path / "Train", n=5, size=32, seed=2)  # 0..4.png: holdout=2 keeps 0, 2, 4
+    seen: list[str] = []
+    original = train_mod.PatchDataset.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.extend(item.name for item in self.items)
+
+    monkeypatch.setattr(train_mod.PatchDataset, "__init__", spy)
+    cfg = tiny(folder, "data.holdout=2", "train.total_steps=2", "log.val_every=2", "log.val_niqe=false",
+               "log.sample_images=1")
+    train(cfg, tmp_path / "run")
+    assert sorted(seen) == ["0.png", "2.png", "4.png"]
+    val_rec = [r for r in records(tmp_path / "run") if "val/psnr" in r]
+    assert len(val_rec) == 1 and math.isfinite(val_rec[0]["val/Train-holdout/psnr"])
+    assert val_rec[0]["val/psnr"] == val_rec[0]["val/Train-holdout/psnr"]  # the only validation set
+    assert not (tmp_path / "run" / "samples").exists()  # samples come from val_dirs, empty here
+    with pytest.raises(ConfigError, match="data.holdout = 1: allowed values"):
+        tiny(folder, "data.holdout=1")

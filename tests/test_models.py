@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def test_shipped_files_carry_their_model_card():
             assert meta.get(key), f"{name}: metadata {key!r} is empty"
         if name.startswith("gan-"):  # --strength blends toward the PSNR model of the same scale
             assert meta["psnr_twin"] == name.replace("gan-", "psnr-")
+        # The recorded recipe must rerun from a checkout: repo-relative paths, not the training machine's.
+        cfg = tomllib.loads(meta["config"])
+        paths = cfg["data"]["train_dirs"] + cfg["data"]["val_dirs"] + [cfg["model"]["pretrained"]]
+        assert not [p for p in paths if Path(p).is_absolute()], f"{name}: absolute paths in its config"
     assert default_model_name() == "gan-x4"
 
 

@@ -217,10 +217,19 @@ def _score(sr: np.ndarray, pair: Pair, scale: int, metrics: tuple[str, ...], niq
             try:
                 out[m] = M.niqe(img, shave=scale, params=niqe_params)
             except ValueError as e:
-                raise ValueError(f"NIQE of {pair.name}: {e}") from e
+                # Too small for NIQE's 96x96 blocks (T91 has such images): one unscorable image
+                # must not abort a whole evaluation or a training run's validation.
+                log.warning("NIQE of %s: %s; it is left out of the NIQE mean", pair.name, e)
+                out[m] = float("nan")
         elif m == "lpips":
             out[m] = M.lpips(sr, pair.hr, lpips_model, device)
     return out
+
+
+def _mean_of_scored(values: list[float]) -> float:
+    """Mean over the images a metric could score (NaN marks one it could not); NaN if none."""
+    scored = [v for v in values if not math.isnan(v)]
+    return float(np.mean(scored)) if scored else float("nan")
 
 
 def evaluate_pairs(upscale: Upscaler, pairs: list[Pair], scale: int,
@@ -258,7 +267,7 @@ def evaluate_pairs(upscale: Upscaler, pairs: list[Pair], scale: int,
     finally:
         if bar is not progress:
             bar.close()
-    summary: dict[str, Any] = {m: float(np.mean([r[m] for r in rows])) for m in metrics}
+    summary: dict[str, Any] = {m: _mean_of_scored([r[m] for r in rows]) for m in metrics}
     summary["seconds_per_image"] = float(np.mean([r["seconds"] for r in rows]))
     summary["per_image"] = rows
     return summary

@@ -63,6 +63,20 @@ def test_reference_niqe_of_set14():
     assert np.mean([M.niqe(up(p.lr), shave=4) for p in pairs]) == pytest.approx(7.61, abs=0.005)
 
 
+def test_an_image_too_small_for_niqe_is_left_out_of_its_mean(tmp_path, caplog):
+    _need(NIQE_PARAMS)
+    rng = np.random.default_rng(1)
+    (tmp_path / "HR").mkdir()
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(tmp_path / "HR" / "big.png")
+    Image.fromarray(rng.integers(0, 256, (120, 132, 3), dtype=np.uint8)).save(tmp_path / "HR" / "small.png")
+    res = evaluate_pairs(bicubic_upscaler(4), load_pairs(tmp_path, 4), 4, ("psnr", "niqe"))
+    rows = {r["name"]: r for r in res["per_image"]}
+    assert math.isnan(rows["small.png"]["niqe"]) and math.isfinite(rows["small.png"]["psnr"])
+    assert res["niqe"] == rows["big.png"]["niqe"]
+    assert res["psnr"] == pytest.approx((rows["big.png"]["psnr"] + rows["small.png"]["psnr"]) / 2)
+    assert "NIQE of small.png" in caplog.text
+
+
 def test_load_pairs_crops_hr_and_makes_matlab_lr(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (37, 42, 3), dtype=np.uint8)
     (tmp_path / "HR").mkdir()

@@ -100,9 +100,10 @@ def load_pairs(hr_dir: str | os.PathLike, scale: int, *, lr_dir: str | os.PathLi
 
     Without `lr_dir` the LR is `imresize(hr, 1/scale)` (MATLAB bicubic) of the cropped HR; with it,
     LR files are matched to HR files by name stem (suffixes like x4, _x4, _LR are tolerated) and HR
-    is cropped to LR size * scale. `files` (HR paths inside `hr_dir`) evaluates those images instead of
-    the whole folder (a training folder's held-out images). Results are cached per process (keyed by the files' names, sizes
-    and modification times), so repeated validations do not redo the resizing.
+    is cropped to LR size * scale. `files` (HR paths inside `hr_dir`) evaluates those images instead
+    of the whole folder (a training folder's held-out images). Results are cached per process (keyed
+    by the files' names, sizes and modification times), so repeated validations do not redo the
+    resizing.
     """
     if scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")

@@ -140,14 +140,28 @@ def _meta_json(meta: dict[str, str], key: str) -> Any:
         return meta[key]
 
 
-def load_source(source: str | os.PathLike, *, weights: str = "ema", best: bool = False) -> ExportSource:
-    """Find the generator to export in a run folder, a training checkpoint or a .safetensors file."""
+def load_source(source: str | os.PathLike, *, weights: str = "ema", best: bool = False,
+                run_dir: str | os.PathLike | None = None) -> ExportSource:
+    """Find the generator to export in a run folder, a training checkpoint or a .safetensors file.
+
+    `run_dir` names the run folder (config.toml, metrics.jsonl) of a checkpoint that was copied out
+    of it; by default it is found from the usual layout or not at all.
+    """
     source = Path(source)
     if weights not in ("ema", "gen"):
         raise ExportError(f"--weights {weights!r}; allowed values: ['ema', 'gen']")
     if not source.exists():
         raise ExportError(f"{source}: no such run folder or checkpoint file")
-    run_dir = _run_dir_for(source)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.toml").is_file():
+            raise ExportError(f"--run-dir {run_dir}: no config.toml there; give the folder "
+                              "`superres train --run-dir` wrote")
+    else:
+        run_dir = _run_dir_for(source)
+        if run_dir is None and source.suffix != ".safetensors":
+            log.warning("%s is outside its run folder: the file will carry no training config or "
+                        "validation record (name the run folder with --run-dir)", source)
     if source.is_dir():
         if best:
             path = source / "best.safetensors"
@@ -183,6 +197,9 @@ def load_source(source: str | os.PathLike, *, weights: str = "ema", best: bool =
                             path, run_dir / "config.toml", why)
     else:
         src = _source_from_checkpoint(path, weights, cfg)
+        if cfg is not None and src.config_digest and src.config_digest != config_digest(cfg):
+            log.warning("%s was trained with a config other than %s (its digest differs): the exported "
+                        "config may not be the one that made these weights", path, run_dir / "config.toml")
     src.run_dir = run_dir
     if run_dir is not None:
         src.config_text = (run_dir / "config.toml").read_text()
@@ -261,7 +278,8 @@ def portable_path(path: str | os.PathLike) -> str:
 def export_run(source: str | os.PathLike, output: str | os.PathLike, *, weights: str = "ema",
                best: bool = False, description: str = "",
                onnx_path: str | os.PathLike | None = None,
-               extra_metadata: dict[str, str] | None = None) -> dict[str, Any]:
+               extra_metadata: dict[str, str] | None = None,
+               run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write `output` (.safetensors) and optionally an ONNX file; returns a report dict.
 
     extra_metadata: more string keys for the file, e.g. psnr_twin (the model `--strength` blends
@@ -269,7 +287,7 @@ def export_run(source: str | os.PathLike, output: str | os.PathLike, *, weights:
     """
     if onnx_path is not None:
         _require_onnx_tools()  # fail before writing anything rather than half-way
-    src = load_source(source, weights=weights, best=best)
+    src = load_source(source, weights=weights, best=best, run_dir=run_dir)
     meta = export_metadata(src, description)
     meta.update(extra_metadata or {})
     save_weights(output, src.model, arch=src.arch, extra_metadata=meta)
@@ -466,6 +484,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best", action="store_true",
                    help="export the run's best.safetensors (best validation score) instead of its "
                         "latest checkpoint")
+    p.add_argument("--run-dir", default=None, metavar="RUN",
+                   help="the run folder of a checkpoint copied out of it, so its config.toml and "
+                        "validation record go into the file")
     p.add_argument("--description", default="", metavar="TEXT", help="free text stored in the file")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                    help="extra metadata, repeatable; psnr_twin=NAME_OR_FILE lets `superres upscale "
@@ -481,7 +502,8 @@ def run_export(args: argparse.Namespace) -> int:
                 raise ExportError(f"--meta {item!r}: expected KEY=VALUE")
             extra[key.strip()] = value
         report = export_run(args.source, args.output, weights=args.weights, best=args.best,
-                            description=args.description, onnx_path=args.onnx, extra_metadata=extra)
+                            description=args.description, onnx_path=args.onnx, extra_metadata=extra,
+                            run_dir=args.run_dir)
     except (ExportError, WeightsError) as e:
         log.error("%s", e)
         return 2

@@ -105,6 +105,30 @@ def test_export_bare_checkpoint_detects_arch(run_dir, tmp_path):
     assert "config" not in info["metadata"]
 
 
+def test_export_checkpoint_copied_out_of_its_run_with_run_dir(run_dir, tmp_path, caplog):
+    run, _, _, ema = run_dir
+    bare = tmp_path / "loose.pt"
+    bare.write_bytes(checkpoint_path(run / "checkpoints", 20).read_bytes())
+    with caplog.at_level("WARNING"):
+        export_run(bare, tmp_path / "plain.safetensors")
+    assert "outside its run folder" in caplog.text and "--run-dir" in caplog.text
+    out = tmp_path / "with_run.safetensors"
+    export_run(bare, out, run_dir=run)
+    model, info = load_generator(out)
+    assert _same_outputs(model, ema)
+    assert info["metadata"]["config"] == (run / "config.toml").read_text()
+    assert json.loads(info["metadata"]["step"]) == 20
+    with pytest.raises(ExportError, match="no config.toml"):
+        export_run(bare, tmp_path / "x.safetensors", run_dir=tmp_path)
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "config.toml").write_text((run / "config.toml").read_text().replace("seed = 0", "seed = 5"))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        export_run(bare, tmp_path / "y.safetensors", run_dir=other)
+    assert "digest differs" in caplog.text
+
+
 def test_export_errors_name_the_problem(run_dir, tmp_path):
     run, *_ = run_dir
     with pytest.raises(ExportError, match="best.safetensors"):

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import metrics as M
-from .data import list_images
+from .data import list_images, split_holdout
 from .degrade import imresize
 
 log = logging.getLogger(__name__)
@@ -411,6 +411,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="LR images for the HR images of the matching --data (one per --data); "
                         "default: MATLAB bicubic of the HR images")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images of each dataset")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="only the images a training run with data.holdout = N held out of each --data "
+                        "folder (every N-th by name), reported as FOLDER-holdout")
     p.add_argument("--save-dir", default=None, help="write SR images to DIR/model/dataset/name.png")
     p.add_argument("--json", default=None, metavar="FILE", help="write results with per-image values "
                    "(infinite PSNR is written as null)")
@@ -469,9 +472,15 @@ def run_eval(args: argparse.Namespace) -> int:
         lpips_model = (M.load_lpips(args.lpips_backbone, args.lpips_lin, args.lpips_net).to(device)
                        if "lpips" in metrics else None)
         upscalers = _load_upscalers(args.model, args.scale, device, args.bf16)
-        datasets = [(dataset_name(d), load_pairs(d, args.scale, lr_dir=args.lr_dir[i] if args.lr_dir else None,
-                                                 max_images=args.max_images))
-                    for i, d in enumerate(args.data)]
+        if args.holdout < 0 or args.holdout == 1:
+            raise ValueError(f"--holdout {args.holdout}: give N >= 2 (the training run's data.holdout)")
+        datasets = []
+        for i, d in enumerate(args.data):
+            # The same split as training's data.holdout: every N-th of the folder's sorted images.
+            held = split_holdout(list_images(d), args.holdout)[1] if args.holdout else None
+            name = dataset_name(d) + ("-holdout" if held is not None else "")
+            datasets.append((name, load_pairs(d, args.scale, lr_dir=args.lr_dir[i] if args.lr_dir else None,
+                                              max_images=args.max_images, files=held)))
     except (ValueError, FileNotFoundError, ModelNotFound, WeightsError) as e:
         log.error("%s", e)
         return 2

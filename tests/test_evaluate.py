@@ -205,3 +205,18 @@ def test_markdown_table_formats_inf_and_missing_cells():
     assert table[0] == "| model | X PSNR | Y PSNR | s/img |"
     assert table[2] == "| a | inf | - | 0.500 |"
     assert table[3] == "| b | - | 30.12 | 1.000 |"
+
+
+def test_cli_evaluates_a_training_folders_holdout(tmp_path):
+    folder = tmp_path / "Train"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    rc, js = _eval(tmp_path, "--model", "bicubic", "--data", str(folder), "--holdout", "2")
+    assert rc == 0
+    (res,) = js["results"]
+    # the images data.holdout = 2 keeps out of training: the 2nd and 4th by name
+    assert res["dataset"] == "Train-holdout" and [r["name"] for r in res["per_image"]] == ["1.png", "3.png"]
+    rc, _ = _eval(tmp_path, "--model", "bicubic", "--data", str(folder), "--holdout", "1")
+    assert rc == 2

@@ -50,6 +50,11 @@ def split_holdout(paths: list[Path], every: int) -> tuple[list[Path], list[Path]
             [p for i, p in enumerate(paths) if i % every == every - 1])
 
 
+def held_out_images(folder: str | Path, every: int) -> list[Path]:
+    """The images of `folder` that a training run with data.holdout = `every` never trains on."""
+    return split_holdout(list_images(folder), every)[1]
+
+
 def load_rgb_uint8(path: str | Path) -> np.ndarray:
     """HxWx3 uint8; grayscale is replicated so every training sample has 3 channels."""
     with Image.open(path) as im:

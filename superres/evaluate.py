@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import metrics as M
-from .data import list_images, split_holdout
+from .data import held_out_images, list_images
 from .degrade import imresize
 
 log = logging.getLogger(__name__)
@@ -476,8 +476,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--holdout {args.holdout}: give N >= 2 (the training run's data.holdout)")
         datasets = []
         for i, d in enumerate(args.data):
-            # The same split as training's data.holdout: every N-th of the folder's sorted images.
-            held = split_holdout(list_images(d), args.holdout)[1] if args.holdout else None
+            held = held_out_images(d, args.holdout) if args.holdout else None
             name = dataset_name(d) + ("-holdout" if held is not None else "")
             datasets.append((name, load_pairs(d, args.scale, lr_dir=args.lr_dir[i] if args.lr_dir else None,
                                               max_images=args.max_images, files=held)))

@@ -716,13 +716,13 @@ def _val_name(d: str | Path) -> str:
 def _val_sets(cfg: Config) -> list[tuple[str, Path, list[Path] | None]]:
     """(name, folder, files or None for the whole folder): val_dirs, then each training folder's
     held-out images when data.holdout is set."""
-    from .data import list_images, split_holdout
+    from .data import held_out_images
 
     sets: list[tuple[str, Path, list[Path] | None]] = [(_val_name(d), Path(d), None)
                                                        for d in cfg.data.val_dirs]
     if cfg.data.holdout > 1:
         for d in cfg.data.train_dirs:
-            held = split_holdout(list_images(d), cfg.data.holdout)[1]
+            held = held_out_images(d, cfg.data.holdout)
             if held:
                 sets.append((f"{Path(d).name}-holdout", Path(d), held))
     return sets

@@ -13,6 +13,7 @@ reproducible from its seed. Every range is a field of `config.DegradeConfig`.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,7 +26,8 @@ from .config import VALIDATORS, Config, ConfigError, DegradeConfig
 
 __all__ = ["imresize", "bicubic_weights", "degrade_bicubic", "RealisticDegrader", "make_generator",
            "gaussian_kernel", "sinc_kernel", "filter2d", "resize", "add_gaussian_noise",
-           "add_poisson_noise", "jpeg_compress", "jpeg_quant_tables", "check_degrade_config"]
+           "add_poisson_noise", "jpeg_compress", "jpeg_quant_tables", "check_degrade_config",
+           "DEGRADATIONS", "image_seed", "camera_degrade", "degrade_image"]
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -571,3 +573,69 @@ def _split_generator(generator: torch.Generator | None,
     noise_gen = torch.Generator(device=device)
     noise_gen.manual_seed(int(ss.spawn(1)[0].generate_state(1, np.uint64)[0] >> 1))
     return np.random.default_rng(ss), noise_gen
+
+
+# =============================================================================================
+# named degradations for one image: `superres degrade` and the degraded tracks of `superres eval`
+
+DEGRADATIONS = ("bicubic", "realistic", "camera")
+
+# The `camera` preset: one pass of what a decent camera or phone does to a photo that is later
+# shrunk, milder than the realistic pipeline: a slight isotropic blur (lens, demosaicing), a
+# downscale, sensor noise (shot or read noise, partly luminance-only) and one JPEG at 50-90.
+CAMERA = _Stage(kernel_probs={"iso": 1.0}, blur_sigma=[0.2, 1.0], sinc_prob=0.0,
+                resize_probs={"keep": 1.0}, resize_range=[1.0, 1.0], gaussian_noise_prob=0.5,
+                noise_sigma=[1.0, 10.0], poisson_scale=[0.05, 1.0], gray_noise_prob=0.4,
+                jpeg_quality=[50.0, 90.0])
+_CAMERA_KERNEL = 9  # covers +-4 px: 4 sigma of the largest camera blur
+
+
+def image_seed(seed: int, name: str) -> int:
+    """The seed of one image's degradation: a function of (seed, file name) only, so two runs, two
+    machines and any order or subset of the images give every image the same LR."""
+    digest = hashlib.sha256(f"{int(seed)}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def camera_degrade(hr: torch.Tensor, scale: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, H/scale, W/scale) quantised to 8 bits: the `camera` preset."""
+    b, _, h, w = hr.shape
+    rng, noise_gen = _split_generator(generator, hr.device)
+    kernels = [gaussian_kernel(_CAMERA_KERNEL, s, s) for s in rng.uniform(*CAMERA.blur_sigma, size=b)]
+    out = filter2d(hr.float(), _stack_kernels(kernels))
+    out = resize(out, (h // scale, w // scale), str(rng.choice(RESIZE_MODES)))
+    out = RealisticDegrader._noise(out, rng, noise_gen, CAMERA)
+    out = jpeg_compress(out, rng.uniform(*CAMERA.jpeg_quality, size=b))
+    return torch.round(out.clamp(0, 1) * 255) / 255
+
+
+def degrade_image(hr: np.ndarray, preset: str, scale: int, seed: int = 0,
+                  cfg: DegradeConfig | None = None) -> np.ndarray:
+    """uint8 HxW or HxWx3 -> uint8 (H/scale)x(W/scale)[x3], after cropping H and W to multiples of
+    scale. `bicubic` is the benchmark LR (MATLAB bicubic, no randomness); `realistic` one draw of
+    the Real-ESRGAN pipeline with `cfg`'s ranges (the paper's without one); `camera` the milder
+    preset above. The same seed gives the same image; a gray image stays gray."""
+    if preset not in DEGRADATIONS:
+        raise ValueError(f"degradation {preset!r}; allowed values: {list(DEGRADATIONS)}")
+    if hr.dtype != np.uint8 or hr.ndim not in (2, 3) or (hr.ndim == 3 and hr.shape[2] != 3):
+        raise ValueError(f"degrade_image: expected uint8 HxW or HxWx3, got {hr.dtype} {hr.shape}")
+    h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
+    if h == 0 or w == 0:
+        raise ValueError(f"a {hr.shape[1]}x{hr.shape[0]} image is smaller than the scale {scale}")
+    hr = hr[:h, :w]
+    if preset == "bicubic":
+        return imresize(hr, 1 / scale)
+    gray = hr.ndim == 2
+    rgb = np.repeat(hr[..., None], 3, axis=2) if gray else hr
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)[None]
+    gen = torch.Generator().manual_seed(int(seed))
+    if preset == "realistic":
+        lr = RealisticDegrader(cfg or DegradeConfig(), scale)(x, generator=gen)
+    else:
+        lr = camera_degrade(x, scale, gen)
+    out = (lr[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    if gray:
+        # Colour noise on a gray photo has nowhere to go: keep its luminance (BT.601 weights).
+        out = np.clip(np.round(out.astype(np.float64) @ np.array([0.299, 0.587, 0.114])), 0, 255)
+        out = out.astype(np.uint8)
+    return out

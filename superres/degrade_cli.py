@@ -4,8 +4,9 @@ to undo.
     superres degrade photo.png -o photo_lr.png --preset realistic --seed 3 --scale 4
 
 `bicubic` is the benchmark LR (MATLAB bicubic); `realistic` is one draw of the Real-ESRGAN
-pipeline with the ranges of `[degrade]` in a training config (the paper's defaults without one).
-The same seed gives the same image.
+pipeline with the ranges of `[degrade]` in a training config (the paper's defaults without one);
+`camera` is a milder one-pass preset (slight blur, sensor noise, JPEG 50-90). The same seed gives
+the same image; `superres eval --degrade` uses the same presets.
 """
 from __future__ import annotations
 
@@ -13,34 +14,17 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 from .config import ConfigError, DegradeConfig, load_config
 from .data import load_rgb_uint8
-from .degrade import RealisticDegrader, imresize
+from .degrade import DEGRADATIONS, degrade_image
 from .weights import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("bicubic", "realistic")
-
-
-def degrade_image(hr: np.ndarray, preset: str, scale: int, seed: int = 0,
-                  cfg: DegradeConfig | None = None) -> np.ndarray:
-    """HxWx3 uint8 -> (H/scale)x(W/scale)x3 uint8, after cropping H and W to multiples of scale."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset {preset!r}; allowed values: {list(PRESETS)}")
-    h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
-    if h == 0 or w == 0:
-        raise ValueError(f"a {hr.shape[1]}x{hr.shape[0]} image is smaller than the scale {scale}")
-    hr = hr[:h, :w]
-    if preset == "bicubic":
-        return imresize(hr, 1 / scale)
-    x = torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))).float().div_(255)[None]
-    lr = RealisticDegrader(cfg or DegradeConfig(), scale)(x, generator=torch.Generator().manual_seed(seed))
-    return (lr[0] * 255).round().byte().permute(1, 2, 0).numpy()
+# Every named degradation: `bicubic`, `realistic`, `camera` (see degrade.degrade_image).
+PRESETS = DEGRADATIONS
 
 
 def add_degrade_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,6 +2,9 @@
 
 HR folder in -> HR cropped to a multiple of the scale -> LR by MATLAB bicubic -> upscaler ->
 output rounded to uint8 -> PSNR/SSIM on Y with `scale` pixels shaved, NIQE on Y (see metrics.py).
+Two more tracks: a degraded one (`degrade="realistic"` or `"camera"`: the LR is a seeded draw of
+that degradation per image, scored against the clean HR) and a no-reference one (a folder of real
+LR photos such as RealSRSet: NIQE only, and compare sheets to look at).
 An upscaler is any function from an LR uint8 image to an SR uint8 image: the `bicubic` baseline or
 a generator run on the whole image in fp32. The training loop's validation calls
 `evaluate_generator`, which shares `evaluate_pairs` with the command line.
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from . import metrics as M
 from .data import held_out_images, list_images
-from .degrade import imresize
+from .degrade import DEGRADATIONS, degrade_image, image_seed, imresize
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,10 @@ _FORMATS = {"psnr": ".2f", "psnr_rgb": ".2f", "ssim": ".4f", "ssim_rgb": ".4f", 
 
 @dataclass(frozen=True)
 class Pair:
-    name: str            # file name of the HR image
-    hr: np.ndarray       # uint8 HxW (gray) or HxWx3, cropped to a multiple of the scale
-    lr: np.ndarray       # uint8, hr's size / scale
+    name: str                # file name of the HR image (of the LR image on a no-reference track)
+    hr: np.ndarray | None    # uint8 HxW (gray) or HxWx3, cropped to a multiple of the scale; None
+                             # for a real LR photo that has no ground truth
+    lr: np.ndarray           # uint8, hr's size / scale
 
 
 def hr_folder(path: str | os.PathLike) -> Path:
@@ -74,9 +78,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(img)).save(path)
+    """Write an image (format from the extension) atomically: an interrupted eval leaves no
+    half-written file that a later look would take for a result."""
+    from .weights import atomic_write_bytes
+    im = Image.fromarray(np.ascontiguousarray(img))
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    atomic_write_bytes(Path(path), lambda tmp: im.save(tmp, format=fmt))
 
 
 def _lr_key(stem: str, scale: int) -> str:
@@ -95,10 +102,12 @@ _PAIR_CACHE: dict[tuple, list[Pair]] = {}
 
 
 def load_pairs(hr_dir: str | os.PathLike, scale: int, *, lr_dir: str | os.PathLike | None = None,
-               max_images: int | None = None, files: list[Path] | None = None) -> list[Pair]:
+               max_images: int | None = None, files: list[Path] | None = None,
+               degrade: str = "bicubic", seed: int = 0) -> list[Pair]:
     """(name, HR, LR) for every image of `hr_dir` (or its `HR/` subfolder), sorted by name.
 
-    Without `lr_dir` the LR is `imresize(hr, 1/scale)` (MATLAB bicubic) of the cropped HR; with it,
+    Without `lr_dir` the LR is `imresize(hr, 1/scale)` (MATLAB bicubic) of the cropped HR, or with
+    `degrade` = "realistic" / "camera" a draw of that degradation seeded by (seed, file name); with it,
     LR files are matched to HR files by name stem (suffixes like x4, _x4, _LR are tolerated) and HR
     is cropped to LR size * scale. `files` (HR paths inside `hr_dir`) evaluates those images instead
     of the whole folder (a training folder's held-out images). Results are cached per process (keyed
@@ -107,20 +116,26 @@ def load_pairs(hr_dir: str | os.PathLike, scale: int, *, lr_dir: str | os.PathLi
     """
     if scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
+    if degrade not in DEGRADATIONS:
+        raise ValueError(f"degradation {degrade!r}; allowed values: {list(DEGRADATIONS)}")
+    if lr_dir and degrade != "bicubic":
+        raise ValueError(f"an LR folder ({lr_dir}) and a degradation ({degrade}) both say how to make "
+                         "the LR; give one of them")
     folder = hr_folder(hr_dir)
     paths = sorted(Path(f) for f in files) if files is not None else list_images(folder, recursive=False)
     if not paths:
         raise FileNotFoundError(f"no images in {folder} (looked for png/jpg/bmp/tif/webp files)")
     lr_paths = list_images(Path(lr_dir).expanduser(), recursive=False) if lr_dir else []
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths + lr_paths)
-    key = (str(folder.resolve()), scale, str(lr_dir), stamp)
+    key = (str(folder.resolve()), scale, str(lr_dir), degrade, seed if degrade != "bicubic" else 0, stamp)
     if key not in _PAIR_CACHE:
-        _PAIR_CACHE[key] = _make_pairs(paths, scale, lr_paths, lr_dir)
+        _PAIR_CACHE[key] = _make_pairs(paths, scale, lr_paths, lr_dir, degrade, seed)
     pairs = _PAIR_CACHE[key]
     return pairs[:max_images] if max_images else pairs
 
 
-def _make_pairs(paths: list[Path], scale: int, lr_paths: list[Path], lr_dir) -> list[Pair]:
+def _make_pairs(paths: list[Path], scale: int, lr_paths: list[Path], lr_dir, degrade: str = "bicubic",
+                seed: int = 0) -> list[Pair]:
     by_key: dict[str, Path] = {}
     for p in lr_paths:
         k = _lr_key(p.stem, scale)
@@ -149,8 +164,23 @@ def _make_pairs(paths: list[Path], scale: int, lr_paths: list[Path], lr_dir) -> 
         if h == 0 or w == 0:
             raise ValueError(f"{p} ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale {scale}")
         hr = np.ascontiguousarray(hr[:h, :w])
-        pairs.append(Pair(p.name, hr, imresize(hr, 1 / scale)))
+        lr = (imresize(hr, 1 / scale) if degrade == "bicubic"
+              else degrade_image(hr, degrade, scale, image_seed(seed, p.name)))
+        pairs.append(Pair(p.name, hr, lr))
     return pairs
+
+
+def load_lr_only(lr_dir: str | os.PathLike, *, max_images: int | None = None) -> list[Pair]:
+    """Every image of a folder of real LR photos (no ground truth), sorted by name, as pairs with
+    `hr=None`: the no-reference track (NIQE and compare sheets only)."""
+    folder = Path(lr_dir).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+    paths = list_images(folder, recursive=False)
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder} (looked for png/jpg/bmp/tif/webp files)")
+    paths = paths[:max_images] if max_images else paths
+    return [Pair(p.name, None, read_image(p)) for p in paths]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,14 +237,18 @@ def _check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
 def _score(sr: np.ndarray, pair: Pair, scale: int, metrics: tuple[str, ...], niqe_params, lpips_model,
            device) -> dict[str, float]:
     out: dict[str, float] = {}
+    ref_gray = (pair.hr if pair.hr is not None else pair.lr).ndim == 2
     for m in metrics:
+        if pair.hr is None and m != "niqe":
+            raise ValueError(f"{pair.name} has no ground truth (a no-reference folder): {m} needs one; "
+                             "use --metrics niqe")
         if m in ("psnr", "psnr_rgb"):
             out[m] = M.psnr(sr, pair.hr, scale, y_channel=(m == "psnr"))
         elif m in ("ssim", "ssim_rgb"):
             out[m] = M.ssim(sr, pair.hr, scale, y_channel=(m == "ssim"))
         elif m == "niqe":
             # An RGB output of a gray image is scored as gray, like the gray reference.
-            img = np.round(M.rgb_to_gray(sr)).astype(np.uint8) if pair.hr.ndim == 2 and sr.ndim == 3 else sr
+            img = np.round(M.rgb_to_gray(sr)).astype(np.uint8) if ref_gray and sr.ndim == 3 else sr
             try:
                 out[m] = M.niqe(img, shave=scale, params=niqe_params)
             except ValueError as e:
@@ -253,13 +287,17 @@ def evaluate_pairs(upscale: Upscaler, pairs: list[Pair], scale: int,
     rows = []
     try:
         for pair in pairs:
+            if upscale is HR_REFERENCE and pair.hr is None:
+                raise ValueError(f"{pair.name} has no ground truth (a no-reference folder): the hr "
+                                 "pseudo-model cannot be evaluated on it")
             t0 = time.perf_counter()
             sr = pair.hr if upscale is HR_REFERENCE else upscale(pair.lr)
             seconds = time.perf_counter() - t0
-            if sr.shape[:2] != pair.hr.shape[:2]:
+            want = (pair.lr.shape[0] * scale, pair.lr.shape[1] * scale)
+            if sr.shape[:2] != want:
                 raise ValueError(f"{pair.name}: the upscaler returned {sr.shape[1]}x{sr.shape[0]} for a "
                                  f"{pair.lr.shape[1]}x{pair.lr.shape[0]} input; expected x{scale} = "
-                                 f"{pair.hr.shape[1]}x{pair.hr.shape[0]} (is the model's scale {scale}?)")
+                                 f"{want[1]}x{want[0]} (is the model's scale {scale}?)")
             rows.append({"name": pair.name, **_score(sr, pair, scale, metrics, niqe_params, lpips_model, device),
                          "seconds": seconds})
             if on_output is not None:
@@ -343,14 +381,22 @@ def _finite(v):
 
 
 def write_json(path: str | os.PathLike, results: list[dict[str, Any]]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"results": _finite(results)}, f, indent=2)
-        f.write("\n")
+    from .weights import atomic_write_bytes
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump({"results": _finite(results)}, f, indent=2)
+            f.write("\n")
+
+    atomic_write_bytes(Path(path), write)
 
 
 def write_csv(path: str | os.PathLike, results: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    from .weights import atomic_write_bytes
+    atomic_write_bytes(Path(path), lambda tmp: _write_csv(tmp, results, metrics))
+
+
+def _write_csv(path: str, results: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "dataset", "scale", "image", *metrics, "seconds"])
@@ -360,39 +406,85 @@ def write_csv(path: str | os.PathLike, results: list[dict[str, Any]], metrics: t
                             *[repr(row[m]) for m in metrics], f"{row['seconds']:.6f}"])
 
 
-def _detail_box(hr: np.ndarray, size: int) -> tuple[int, int]:
+def _window_energy(img: np.ndarray, size: int, step: int) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """Gradient energy and mean brightness of every size x size window (on a grid of `step`)."""
+    y = M.rgb_to_gray(img)
+    energy = np.zeros_like(y)
+    energy[:-1, :-1] = np.abs(np.diff(y, axis=0))[:, :-1] + np.abs(np.diff(y, axis=1))[:-1, :]
+    h, w = y.shape
+    tops, lefts = list(range(0, h - size + 1, step)), list(range(0, w - size + 1, step))
+
+    def window_sums(a: np.ndarray) -> np.ndarray:
+        ii = np.pad(a.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        t, l = np.array(tops)[:, None], np.array(lefts)[None, :]
+        return ii[t + size, l + size] - ii[t, l + size] - ii[t + size, l] + ii[t, l]
+
+    return window_sums(energy), window_sums(y) / (size * size), tops, lefts
+
+
+def _detail_box(ref: np.ndarray, size: int) -> tuple[int, int]:
     """Top-left of the size x size window with the most gradient energy: where models differ."""
-    y = M.rgb_to_gray(hr)
-    energy = np.abs(np.diff(y, axis=0))[:, :-1] + np.abs(np.diff(y, axis=1))[:-1, :]
-    h, w = energy.shape
+    h, w = ref.shape[:2]
     if h < size or w < size:
         return 0, 0
-    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    step = max(1, size // 4)
-    best, at = -1.0, (0, 0)
-    for t in range(0, h - size + 1, step):
-        for l in range(0, w - size + 1, step):
-            e = integral[t + size, l + size] - integral[t, l + size] - integral[t + size, l] + integral[t, l]
-            if e > best:
-                best, at = e, (t, l)
-    return at
+    energy, _, tops, lefts = _window_energy(ref, size, max(1, size // 4))
+    i, j = np.unravel_index(int(np.argmax(energy)), energy.shape)
+    return tops[i], lefts[j]
+
+
+def _smooth_box(ref: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left of the calmest window that is neither black nor blown out: sky, skin, a wall, where
+    a model that mistakes noise or JPEG blocks for detail draws worms and grids. Measured on a 4x
+    smaller copy so the input's own noise does not decide it."""
+    h, w = ref.shape[:2]
+    small_size = size // 4
+    if h < size or w < size or small_size < 4:
+        return 0, 0
+    small = imresize(ref, 0.25)
+    energy, mean, tops, lefts = _window_energy(small, small_size, max(1, small_size // 4))
+    energy = np.where((mean > 24) & (mean < 232), energy, np.inf)
+    if not np.isfinite(energy).any():
+        energy = np.where(np.isfinite(energy), energy, 0.0)
+    i, j = np.unravel_index(int(np.argmin(energy)), energy.shape)
+    return min(tops[i] * 4, h - size), min(lefts[j] * 4, w - size)
 
 
 def compare_image(panels: list[tuple[str, np.ndarray]], box: tuple[int, int, int], zoom: int) -> Image.Image:
     """Same crop (top, left, size) of each image side by side, nearest-upscaled, labelled on top."""
-    top, left, size = box
+    return compare_sheet(panels, [box], zoom)
+
+
+def compare_sheet(panels: list[tuple[str, np.ndarray]], boxes: list[tuple[int, int, int]],
+                  zoom: int = 1) -> Image.Image:
+    """One row per crop (top, left, size) and one column per labelled image, every crop the same
+    window of every image, nearest-upscaled by `zoom` (1 = output pixels 1:1), labels on top."""
     label_h, gap = 14, 4
-    tile = size * zoom
-    canvas = Image.new("RGB", (len(panels) * (tile + gap) - gap, tile + label_h), "white")
+    tiles = [size * zoom for _, _, size in boxes]
+    width = max(tiles)
+    canvas = Image.new("RGB", (len(panels) * (width + gap) - gap, label_h + sum(tiles) + gap * (len(boxes) - 1)),
+                       "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (label, img) in enumerate(panels):
-        crop = img[top:top + size, left:left + size]
-        im = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")
-        im = im.resize((tile, tile), Image.NEAREST)
-        x = i * (tile + gap)
-        canvas.paste(im, (x, label_h))
-        draw.text((x + 2, 1), label, fill="black")
+    for i, (label, _) in enumerate(panels):
+        draw.text((i * (width + gap) + 2, 1), label, fill="black")
+    y = label_h
+    for (top, left, size), tile in zip(boxes, tiles):
+        for i, (_, img) in enumerate(panels):
+            crop = img[top:top + size, left:left + size]
+            im = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")
+            canvas.paste(im.resize((tile, tile), Image.NEAREST), (i * (width + gap), y))
+        y += tile + gap
     return canvas
+
+
+def sheet_boxes(ref: np.ndarray, size: int) -> list[tuple[int, int, int]]:
+    """The two crops of a compare sheet: the most detailed window and the calmest one."""
+    size = min(size, *ref.shape[:2])
+    return [(*_detail_box(ref, size), size), (*_smooth_box(ref, size), size)]
+
+
+def _write_png_atomic(path: str | os.PathLike, im: Image.Image) -> None:
+    from .weights import atomic_write_bytes
+    atomic_write_bytes(Path(path), lambda tmp: im.save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,10 +495,24 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="model to evaluate (repeatable): a shipped name, a weights file, bicubic, or hr "
                         "(the HR image itself: a reference row for NIQE; its PSNR is inf)")
     p.add_argument("--data", action="append", required=True, metavar="DIR",
-                   help="dataset folder with HR images or an HR/ subfolder (repeatable)")
+                   help="dataset folder with HR images or an HR/ subfolder (repeatable); with "
+                        "--no-reference, a folder of LR photos")
     p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
-    p.add_argument("--metrics", default="psnr,ssim",
-                   help=f"comma-separated, from {','.join(METRICS)} (default psnr,ssim)")
+    p.add_argument("--metrics", default=None,
+                   help=f"comma-separated, from {','.join(METRICS)} (default psnr,ssim; niqe with "
+                        "--no-reference)")
+    p.add_argument("--degrade", default="bicubic", choices=DEGRADATIONS,
+                   help="how the LR is made from each HR: bicubic (MATLAB imresize, the published "
+                        "protocol; default), realistic (Real-ESRGAN's second-order pipeline) or camera "
+                        "(slight blur, sensor noise, JPEG 50-90, one pass); scored against the clean HR")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of --degrade realistic/camera: an image's LR depends only on (seed, file "
+                        "name), so every run and machine gets the same LR (default 0)")
+    p.add_argument("--save-lr", default=None, metavar="DIR",
+                   help="write the LR images evaluated to DIR/dataset/name.png")
+    p.add_argument("--no-reference", action="store_true",
+                   help="--data folders hold real LR photos with no ground truth (e.g. RealSRSet): "
+                        "NIQE and --compare sheets only")
     p.add_argument("--lr-dir", action="append", default=None, metavar="DIR",
                    help="LR images for the HR images of the matching --data (one per --data); "
                         "default: MATLAB bicubic of the HR images")
@@ -418,11 +524,15 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write results with per-image values "
                    "(infinite PSNR is written as null)")
     p.add_argument("--csv", default=None, metavar="FILE", help="write one row per model, dataset and image")
-    p.add_argument("--compare", default=None, metavar="FILE.png",
-                   help="write one PNG with the same crop from HR, bicubic and every model")
+    p.add_argument("--compare", default=None, metavar="FILE.png|DIR",
+                   help="compare sheets: the same two crops (the most detailed and the calmest window) "
+                        "from the input, bicubic, every model and HR, labelled. FILE.png: one sheet of "
+                        "--compare-image; DIR: one sheet per image of the first dataset")
     p.add_argument("--compare-image", default=None, metavar="NAME",
-                   help="image of the first dataset to crop for --compare (default: its first image)")
-    p.add_argument("--compare-size", type=int, default=96, help="crop side in HR pixels (default 96)")
+                   help="image of the first dataset to crop for --compare FILE.png (default: its first image)")
+    p.add_argument("--compare-size", type=int, default=128, help="crop side in output pixels (default 128)")
+    p.add_argument("--compare-zoom", type=int, default=1,
+                   help="nearest-neighbour zoom of the crops (default 1: output pixels 1:1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     p.add_argument("--bf16", action="store_true", help="run models under bfloat16 autocast")
     p.add_argument("--niqe-params", default=None, metavar="PATH",
@@ -464,9 +574,22 @@ def run_eval(args: argparse.Namespace) -> int:
     from . import runtime
 
     try:
-        metrics = _check_metrics(args.metrics.split(","))
+        default = "niqe" if args.no_reference else "psnr,ssim"
+        metrics = _check_metrics((args.metrics or default).split(","))
         if args.lr_dir and len(args.lr_dir) != len(args.data):
             raise ValueError(f"{len(args.lr_dir)} --lr-dir for {len(args.data)} --data; give one per dataset")
+        if args.no_reference:
+            refs = [m for m in metrics if m != "niqe"]
+            if refs:
+                raise ValueError(f"--metrics {','.join(refs)} need ground truth, which --no-reference "
+                                 "folders do not have; use --metrics niqe")
+            for flag, given in (("--lr-dir", args.lr_dir), ("--holdout", args.holdout),
+                                ("--degrade", args.degrade != "bicubic"), ("--model hr", "hr" in args.model)):
+                if given:
+                    raise ValueError(f"{flag} does not apply to --no-reference folders (they are the LR)")
+        if args.compare_size < 8 or args.compare_zoom < 1:
+            raise ValueError(f"--compare-size {args.compare_size} / --compare-zoom {args.compare_zoom}: "
+                             "give a size >= 8 output pixels and a zoom >= 1")
         device = runtime.pick_device(args.device)
         niqe_params = M.load_niqe_params(args.niqe_params) if "niqe" in metrics else None
         lpips_model = (M.load_lpips(args.lpips_backbone, args.lpips_lin, args.lpips_net).to(device)
@@ -476,22 +599,37 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--holdout {args.holdout}: give N >= 2 (the training run's data.holdout)")
         datasets = []
         for i, d in enumerate(args.data):
+            if args.no_reference:
+                datasets.append((dataset_name(d), load_lr_only(d, max_images=args.max_images)))
+                continue
             held = held_out_images(d, args.holdout) if args.holdout else None
             name = dataset_name(d) + ("-holdout" if held is not None else "")
+            if args.degrade != "bicubic":
+                name += f"-{args.degrade}"
             datasets.append((name, load_pairs(d, args.scale, lr_dir=args.lr_dir[i] if args.lr_dir else None,
-                                              max_images=args.max_images, files=held)))
+                                              max_images=args.max_images, files=held,
+                                              degrade=args.degrade, seed=args.seed)))
     except (ValueError, FileNotFoundError, ModelNotFound, WeightsError) as e:
         log.error("%s", e)
         return 2
 
-    compare_pair = None
+    sheet_pairs: list[Pair] = []
     if args.compare:
         first = datasets[0][1]
-        compare_pair = next((p for p in first if args.compare_image in (None, p.name, Path(p.name).stem)), None)
-        if compare_pair is None:
-            log.error("--compare-image %s is not in %s", args.compare_image, args.data[0])
-            return 2
-    compare_panels: dict[str, np.ndarray] = {}
+        if args.compare.lower().endswith(".png"):
+            sheet_pairs = [p for p in first if args.compare_image in (None, p.name, Path(p.name).stem)][:1]
+            if not sheet_pairs:
+                log.error("--compare-image %s is not in %s", args.compare_image, args.data[0])
+                return 2
+        else:
+            sheet_pairs = list(first)
+    outputs: dict[str, dict[str, np.ndarray]] = {p.name: {} for p in sheet_pairs}   # image -> label -> SR
+
+    if args.save_lr:
+        for dname, pairs in datasets:
+            for pair in pairs:
+                save_image(Path(args.save_lr) / dname / (Path(pair.name).stem + ".png"), pair.lr)
+        log.info("wrote the LR images to %s", args.save_lr)
 
     results = []
     bar = tqdm(total=len(upscalers) * sum(len(p) for _, p in datasets), desc="eval", unit="img")
@@ -500,16 +638,18 @@ def run_eval(args: argparse.Namespace) -> int:
             for dname, pairs in datasets:
                 bar.set_postfix_str(f"{label} on {dname}")
 
-                def on_output(pair: Pair, sr: np.ndarray, label=label, up=up, dname=dname,
+                def on_output(pair: Pair, sr: np.ndarray, label=label, up=up,
                               first=dname == datasets[0][0]):
                     if args.save_dir:
                         save_image(Path(args.save_dir) / label / dname / (Path(pair.name).stem + ".png"), sr)
-                    if first and pair is compare_pair and up is not HR_REFERENCE:   # HR is panel 1
-                        compare_panels[label] = sr
+                    if first and pair.name in outputs and up is not HR_REFERENCE:   # HR is its own column
+                        outputs[pair.name][label] = sr
 
                 res = evaluate_pairs(up, pairs, args.scale, metrics, niqe_params=niqe_params,
                                      lpips_model=lpips_model, device=device, on_output=on_output, progress=bar)
-                results.append({"model": label, "dataset": dname, "scale": args.scale, **res})
+                results.append({"model": label, "dataset": dname, "scale": args.scale,
+                                "degrade": "none (real LR)" if args.no_reference else args.degrade,
+                                "seed": args.seed if args.degrade != "bicubic" else None, **res})
     except (ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
@@ -523,15 +663,26 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, results, metrics)
         log.info("wrote %s", args.csv)
-    if compare_pair is not None:
-        size = min(args.compare_size, *compare_pair.hr.shape[:2])
-        top, left = _detail_box(compare_pair.hr, size)
-        panels = [("HR", compare_pair.hr)]
-        if "bicubic" not in compare_panels:
-            panels.append(("bicubic", bicubic_upscaler(args.scale)(compare_pair.lr)))
-        panels += list(compare_panels.items())
-        zoom = max(1, 256 // size)
-        compare_image(panels, (top, left, size), zoom).save(args.compare)
-        log.info("wrote %s (%s, crop %dx%d at x=%d y=%d, x%d nearest)", args.compare, compare_pair.name,
-                 size, size, left, top, zoom)
+    for pair in sheet_pairs:
+        sheet = _sheet_for(pair, outputs[pair.name], args.scale, args.compare_size, args.compare_zoom)
+        dest = (Path(args.compare) if args.compare.lower().endswith(".png")
+                else Path(args.compare) / f"{Path(pair.name).stem}.png")
+        _write_png_atomic(dest, sheet)
+        log.info("wrote %s (%s)", dest, pair.name)
     return 0
+
+
+def _sheet_for(pair: Pair, outputs: dict[str, np.ndarray], scale: int, size: int, zoom: int) -> Image.Image:
+    """Columns: the input (nearest, at output size), bicubic, each model, HR when there is one."""
+    lr = pair.lr
+    nearest = np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
+    bicubic = outputs.get("bicubic")
+    if bicubic is None:
+        bicubic = bicubic_upscaler(scale)(lr)
+    # Crops are chosen on the truth when there is one, else on the smooth bicubic view of the input.
+    ref = pair.hr if pair.hr is not None else bicubic
+    panels = [("input (nearest)", nearest), ("bicubic", bicubic)]
+    panels += [(label, sr) for label, sr in outputs.items() if label != "bicubic"]
+    if pair.hr is not None:
+        panels.append(("HR", pair.hr))
+    return compare_sheet(panels, sheet_boxes(ref, size), zoom)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from superres import evaluate as ev
 from superres import metrics as M
 from superres.cli import main
 from superres.evaluate import (bicubic_upscaler, dataset_name, evaluate_pairs, load_pairs, markdown_table,
@@ -148,8 +149,15 @@ def test_cli_json_csv_save_dir_compare_and_table(tmp_path, tiny_model, capsys):
     with Image.open(compare) as im:
         w, h = im.size
         assert im.mode == "RGB"
-    # HR, bicubic and tiny panels (hr would repeat HR) of 96 px x2 zoom, 4 px gaps, 14 px label row.
-    assert (w, h) == (3 * 192 + 2 * 4, 192 + 14)
+        sheet = np.asarray(im)
+    # Columns input, bicubic, tiny, HR (hr would repeat HR) of 128 output px at 1:1, 4 px gaps, a
+    # 14 px label row; rows: the most detailed and the calmest window.
+    assert (w, h) == (4 * 128 + 3 * 4, 14 + 2 * 128 + 4)
+    (t0, l0, s0), (t1, l1, s1) = ev.sheet_boxes(pairs[0].hr, 128)
+    assert (t0, l0) != (t1, l1)
+    np.testing.assert_array_equal(sheet[14:14 + 128, 3 * 132:3 * 132 + 128], pairs[0].hr[t0:t0 + 128, l0:l0 + 128])
+    np.testing.assert_array_equal(sheet[146:146 + 128, 132:132 + 128],
+                                  bicubic_upscaler(4)(pairs[0].lr)[t1:t1 + 128, l1:l1 + 128])
 
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("|")]
@@ -220,3 +228,121 @@ def test_cli_evaluates_a_training_folders_holdout(tmp_path):
     assert res["dataset"] == "Train-holdout" and [r["name"] for r in res["per_image"]] == ["1.png", "3.png"]
     rc, _ = _eval(tmp_path, "--model", "bicubic", "--data", str(folder), "--holdout", "1")
     assert rc == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# degraded and no-reference tracks
+
+def _photos(folder: Path, n: int = 2, size: tuple[int, int] = (64, 48), seed: int = 0) -> list[str]:
+    """Smooth gradients with a few edges: enough structure for blur, noise and JPEG to show."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    for i in range(n):
+        img = np.stack([(xx * 3 + i * 40) % 256, (yy * 4) % 256, ((xx + yy) * 2) % 256], axis=2)
+        img[rng.integers(0, size[1] - 8):, : size[0] // 3] = 30 * i
+        names.append(f"img{i}.png")
+        Image.fromarray(img.astype(np.uint8)).save(folder / names[-1])
+    return names
+
+
+@pytest.mark.parametrize("degrade", ["realistic", "camera"])
+def test_degraded_track_is_a_function_of_seed_and_file_name(tmp_path, degrade):
+    _photos(tmp_path / "a", 3)
+    a = load_pairs(tmp_path / "a", 4, degrade=degrade, seed=5)
+    again = load_pairs(tmp_path / "a", 4, degrade=degrade, seed=5, max_images=None)
+    other = load_pairs(tmp_path / "a", 4, degrade=degrade, seed=6)
+    bic = load_pairs(tmp_path / "a", 4)
+    for p, q, r, b in zip(a, again, other, bic):
+        assert p.lr.shape == b.lr.shape == (12, 16, 3) and p.lr.dtype == np.uint8
+        np.testing.assert_array_equal(p.lr, q.lr)
+        assert np.abs(p.lr.astype(int) - r.lr.astype(int)).mean() > 0.5     # another seed, another draw
+        assert np.abs(p.lr.astype(int) - b.lr.astype(int)).mean() > 0.5     # not the bicubic LR
+        np.testing.assert_array_equal(p.hr, b.hr)                           # scored against clean HR
+    # The draw of img1 does not depend on which other images are in the folder (nor their order).
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "img1.png").write_bytes((tmp_path / "a" / "img1.png").read_bytes())
+    alone = load_pairs(tmp_path / "b", 4, degrade=degrade, seed=5)
+    np.testing.assert_array_equal(alone[0].lr, a[1].lr)
+    # The same numbers the degrade command uses: degrade_image seeded by image_seed.
+    from superres.degrade import degrade_image, image_seed
+    np.testing.assert_array_equal(a[0].lr, degrade_image(a[0].hr, degrade, 4, image_seed(5, "img0.png")))
+
+
+def test_camera_preset_is_milder_than_realistic(tmp_path):
+    _photos(tmp_path, 4, size=(128, 96))
+    bic = load_pairs(tmp_path, 4)
+    dev = {d: np.mean([np.abs(p.lr.astype(float) - b.lr.astype(float)).mean()
+                       for p, b in zip(load_pairs(tmp_path, 4, degrade=d, seed=1), bic)])
+           for d in ("camera", "realistic")}
+    assert 0.5 < dev["camera"] < dev["realistic"], dev
+
+
+def test_degraded_gray_image_stays_gray(tmp_path):
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8)[None] * 4, (48, 1))).save(tmp_path / "g.png")
+    (pair,) = load_pairs(tmp_path, 4, degrade="realistic", seed=0)
+    assert pair.lr.shape == (12, 16) and pair.hr.shape == (48, 64)
+
+
+def test_degraded_track_errors_name_the_values(tmp_path):
+    _photos(tmp_path / "HR", 1)
+    with pytest.raises(ValueError, match=r"degradation 'jpeg'; allowed values: \['bicubic', 'realistic', 'camera'\]"):
+        load_pairs(tmp_path, 4, degrade="jpeg")
+    with pytest.raises(ValueError, match="give one of them"):
+        load_pairs(tmp_path, 4, degrade="camera", lr_dir=tmp_path / "HR")
+
+
+def test_cli_degraded_track_end_to_end(tmp_path, capsys):
+    names = _photos(tmp_path / "photos", 2)
+    lr_dir = tmp_path / "lr"
+    rc, js = _eval(tmp_path, "--model", "bicubic", "--model", "hr", "--data", str(tmp_path / "photos"),
+                   "--degrade", "camera", "--seed", "3", "--save-lr", str(lr_dir))
+    assert rc == 0
+    bic, hr = js["results"]
+    assert bic["dataset"] == hr["dataset"] == "photos-camera"
+    assert bic["degrade"] == "camera" and bic["seed"] == 3
+    # The HR itself scores infinite PSNR (written as null) on the degraded track: scored vs clean HR.
+    assert hr["psnr"] is None and hr["ssim"] == pytest.approx(1.0)
+    assert math.isfinite(bic["psnr"]) and bic["psnr"] < 40
+    pairs = load_pairs(tmp_path / "photos", 4, degrade="camera", seed=3)
+    for name, pair in zip(names, pairs):
+        np.testing.assert_array_equal(read_image(lr_dir / "photos-camera" / name), pair.lr)
+    # Scored PSNR is the protocol's PSNR of bicubic-from-degraded-LR against the clean HR.
+    want = np.mean([M.psnr(bicubic_upscaler(4)(p.lr), p.hr, 4) for p in pairs])
+    assert bic["psnr"] == pytest.approx(want)
+    assert "| photos-camera PSNR |" in capsys.readouterr().out
+
+
+def test_cli_no_reference_folder_reports_niqe_and_writes_sheets(tmp_path, tiny_model):
+    _need(NIQE_PARAMS)
+    folder = tmp_path / "real"
+    names = _photos(folder, 2, size=(60, 32))
+    sheets = tmp_path / "sheets"
+    rc, js = _eval(tmp_path, "--model", "bicubic", "--model", str(tiny_model), "--data", str(folder),
+                   "--no-reference", "--compare", str(sheets), "--compare-size", "96")
+    assert rc == 0
+    bic, tiny = js["results"]
+    assert set(bic) >= {"niqe", "per_image"} and "psnr" not in bic
+    lr = read_image(folder / names[0])
+    assert bic["per_image"][0]["niqe"] == pytest.approx(M.niqe(bicubic_upscaler(4)(lr), shave=4))
+    assert sorted(p.name for p in sheets.iterdir()) == ["img0.png", "img1.png"]
+    with Image.open(sheets / "img0.png") as im:
+        # input, bicubic, tiny: no HR column without a reference
+        assert im.size == (3 * 96 + 2 * 4, 14 + 2 * 96 + 4)
+        sheet = np.asarray(im.convert("RGB"))
+    (t, l, s), _ = ev.sheet_boxes(bicubic_upscaler(4)(lr), 96)
+    nearest = np.repeat(np.repeat(lr, 4, axis=0), 4, axis=1)
+    np.testing.assert_array_equal(sheet[14:14 + 96, :96], nearest[t:t + 96, l:l + 96])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--metrics", "psnr,niqe"], "--metrics psnr need ground truth"),
+    (["--degrade", "camera"], "--degrade does not apply to --no-reference"),
+    (["--model", "hr"], "--model hr does not apply"),
+])
+def test_cli_no_reference_refuses_what_needs_ground_truth(tmp_path, extra, message, caplog):
+    _photos(tmp_path / "real", 1)
+    rc = main(["eval", "--model", "bicubic", "--data", str(tmp_path / "real"), "--no-reference", *extra])
+    assert rc == 2
+    assert message in caplog.text

@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("superres.export",
                "Export a training run or checkpoint as a .safetensors model (EMA generator + metadata). "
                "Example: superres export runs/tiny -o tiny.safetensors"),
+    "serve": ("superres.serve",
+              "A web page and an HTTP API for upscaling (needs the [serve] extra). "
+              "Example: superres serve --model gan-x4 --port 8000"),
     "interpolate": ("superres.export",
                     "Blend two models of the same architecture (ESRGAN network interpolation). "
                     "Example: superres interpolate psnr.safetensors gan.safetensors --alpha 0.7 -o mix.safetensors"),

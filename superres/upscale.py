@@ -289,6 +289,26 @@ def _blend_with_twin(model: nn.Module, info: dict[str, Any], path: Path, strengt
 # ---------------------------------------------------------------------------------------------
 # the command
 
+def _run_video(args: argparse.Namespace) -> int:
+    """One video file in, one video file out (superres.video); needs the [video] extra."""
+    try:
+        import av  # noqa: F401
+    except ModuleNotFoundError:
+        log.error("video input needs PyAV: pip install -c constraints.txt -e '.[video]'")
+        return 2
+    from .video import run_video
+    try:
+        up = Upscaler.from_pretrained(args.model, strength=args.strength, device=args.device,
+                                      precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap)
+    except (ModelNotFound, ValueError, runtime.RuntimeChoiceError) as e:
+        log.error("%s", e)
+        return 2
+    src, dst = Path(args.inputs[0]), Path(args.output).expanduser()
+    if dst.is_dir():
+        dst = dst / f"{src.stem}{args.suffix}{src.suffix}"
+    return run_video(args, up, src, dst)
+
+
 _GLOB_CHARS = set("*?[")
 
 
@@ -370,9 +390,14 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, metavar="FILE.json",
                    help="write a JSON list of inputs, outputs, sizes, seconds and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .video import add_video_arguments
+    add_video_arguments(p)
 
 
 def run_upscale(args: argparse.Namespace) -> int:
+    from .video import is_video
+    if len(args.inputs) == 1 and is_video(args.inputs[0]) and Path(args.inputs[0]).is_file():
+        return _run_video(args)
     items, errors = gather_inputs(args.inputs, args.recursive)
     for e in errors:
         log.error(e)

@@ -418,6 +418,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write results with per-image values "
                    "(infinite PSNR is written as null)")
     p.add_argument("--csv", default=None, metavar="FILE", help="write one row per model, dataset and image")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compare", default=None, metavar="FILE.png",
                    help="write one PNG with the same crop from HR, bicubic and every model")
     p.add_argument("--compare-image", default=None, metavar="NAME",
@@ -494,7 +495,8 @@ def run_eval(args: argparse.Namespace) -> int:
     compare_panels: dict[str, np.ndarray] = {}
 
     results = []
-    bar = tqdm(total=len(upscalers) * sum(len(p) for _, p in datasets), desc="eval", unit="img")
+    bar = tqdm(total=len(upscalers) * sum(len(p) for _, p in datasets), desc="eval", unit="img",
+               disable=args.no_progress)
     try:
         for label, up in upscalers:
             for dname, pairs in datasets:

@@ -262,10 +262,16 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes), not an image")
-        with open(path, "rb") as f:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from e
+    try:
+        with f:
             head = f.read(33)
             if head.startswith(_PNG_SIGNATURE) and len(head) == 33 and head[12:16] == b"IHDR":
-                # PIL's PNG plugin is fine too, but this needs no bomb-limit bypass
+                # read here rather than by PIL, whose bomb check would refuse to tell the size
+                if zlib.crc32(head[12:29]) != struct.unpack_from(">I", head, 29)[0]:
+                    raise ImageError(f"{path}: corrupt PNG (CRC mismatch in the b'IHDR' chunk)")
                 w, h = struct.unpack_from(">II", head, 16)
                 f.seek(0)
                 start = f.read(1 << 20)   # an APNG's acTL chunk comes before its first IDAT
@@ -284,13 +290,9 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: {e}") from None
     except UnidentifiedImageError:
-        with open(path, "rb") as f:
-            start = f.read(12)
         raise ImageError(f"{path}: not an image file in any format PIL knows "
-                         f"(it starts with {start!r})") from None
-    except OSError as e:
-        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from e
-    except (SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+                         f"(it starts with {head[:12]!r})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         raise ImageError(f"{path}: corrupt or truncated image ({e})") from e
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .archs import build_generator  # noqa: E402
+
+
+def build_generator(name, **hparams):
+    """Build a generator by architecture name; see superres.archs.build_generator."""
+    # imported here, not at the top: importing the package must not import torch (see _lazy.py)
+    from .archs import build_generator as build
+
+    return build(name, **hparams)
 
 
 def load_model(name_or_path=None, **kwargs):

@@ -298,6 +298,10 @@ def extract_subimages_of(path: Path, out_dir: Path, crop: int, step: int, thresh
         if im.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
             im = im.convert("RGB")
         w, h = im.size
+        if w < crop or h < crop:
+            # a "sub-image" would be the whole image at another size than every other one
+            log.warning("%s: %dx%d is smaller than --crop %d; skipped", path, w, h, crop)
+            return 0
         n = 0
         for top in crop_positions(h, crop, step, thresh_size):
             for left in crop_positions(w, crop, step, thresh_size):

@@ -524,6 +524,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write results with per-image values "
                    "(infinite PSNR is written as null)")
     p.add_argument("--csv", default=None, metavar="FILE", help="write one row per model, dataset and image")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compare", default=None, metavar="FILE.png|DIR",
                    help="compare sheets: the same two crops (the most detailed and the calmest window) "
                         "from the input, bicubic, every model and HR, labelled. FILE.png: one sheet of "
@@ -632,7 +633,8 @@ def run_eval(args: argparse.Namespace) -> int:
         log.info("wrote the LR images to %s", args.save_lr)
 
     results = []
-    bar = tqdm(total=len(upscalers) * sum(len(p) for _, p in datasets), desc="eval", unit="img")
+    bar = tqdm(total=len(upscalers) * sum(len(p) for _, p in datasets), desc="eval", unit="img",
+               disable=args.no_progress)
     try:
         for label, up in upscalers:
             for dname, pairs in datasets:

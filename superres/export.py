@@ -524,7 +524,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("a", metavar="A", help="first model (alpha = 0), e.g. the PSNR-oriented one")
+    p.add_argument("a", metavar="A", help="first model (alpha = 0), e.g. the PSNR-oriented one: a shipped "
+                                          "model name or a weights file")
     p.add_argument("b", metavar="B", help="second model (alpha = 1), e.g. its GAN fine-tune")
     p.add_argument("--alpha", type=float, required=True,
                    help="weight of B in [0, 1]: result = (1 - alpha) * A + alpha * B")
@@ -533,9 +534,13 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
+    from .models import ModelNotFound, resolve_model_path
+
     try:
-        report = interpolate_files(args.a, args.b, args.alpha, args.output, description=args.description)
-    except (ExportError, WeightsError, ValueError) as e:
+        # model names (psnr-x4, ...) as `upscale` and `eval` take them, or weights files
+        a, b = resolve_model_path(args.a), resolve_model_path(args.b)
+        report = interpolate_files(a, b, args.alpha, args.output, description=args.description)
+    except (ExportError, WeightsError, ValueError, ModelNotFound) as e:
         log.error("%s", e)
         return 2
     log.info("wrote %s: %s %s, alpha %g", report["output"], report["arch"], report["hparams"],

@@ -15,27 +15,33 @@ What PIL does not do for us, done here:
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import re
+import stat
 import struct
 import sys
+import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from .weights import atomic_write_bytes
+from ._lazy import lazy_module
+
+torch = lazy_module("torch")   # only to_tensor/from_tensor need it; reading and writing files do not
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ImageData", "ImageError", "FORMATS", "DEFAULT_QUALITY", "format_from_path", "normalize_format",
-    "read_image", "decode_image", "write_image", "encode_image", "image_from_pil", "image_to_pil",
+    "probe_image", "remove_stale_temp_files", "read_image", "decode_image", "write_image", "encode_image", "image_from_pil", "image_to_pil",
     "image_from_array", "image_to_array", "resize_image", "resize_plane", "max_value", "to_tensor",
     "from_tensor",
 ]
@@ -202,9 +208,30 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # reading
 
+def _check_regular_file(path: Path) -> None:
+    """ImageError unless `path` is a regular file (or a link to one) that exists.
+
+    Opening a FIFO or a device to read it would block or never end, so those are refused by type.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"{path}: broken symbolic link (it points to {os.readlink(path)}, "
+                             "which does not exist)") from None
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from e
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path}: is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: not a regular file (a pipe, socket or device), not an image file")
+
+
 def read_image(path: str | os.PathLike) -> ImageData:
     """Read an image file; EXIF orientation is applied. Raises ImageError naming the file."""
     path = Path(path)
+    _check_regular_file(path)
     try:
         data = path.read_bytes()
     except IsADirectoryError:
@@ -212,6 +239,61 @@ def read_image(path: str | os.PathLike) -> ImageData:
     except OSError as e:
         raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from e
     return decode_image(data, str(path))
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says, before any pixel is decoded."""
+    width: int
+    height: int
+    frames: int       # > 1 for animated GIF / WebP / PNG (APNG)
+    format: str
+
+
+def probe_image(path: str | os.PathLike) -> ImageInfo:
+    """Size, frame count and format from the file's header, without decoding pixels.
+
+    For refusing an image that is too large before its pixels cost any memory. A PNG's size is read
+    from its IHDR whatever it is; other formats over twice PIL's Image.MAX_IMAGE_PIXELS are refused
+    by PIL's own decompression-bomb check. Raises ImageError naming the file.
+    """
+    path = Path(path)
+    _check_regular_file(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes), not an image")
+        f = open(path, "rb")
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from e
+    try:
+        with f:
+            head = f.read(33)
+            if head.startswith(_PNG_SIGNATURE) and len(head) == 33 and head[12:16] == b"IHDR":
+                # read here rather than by PIL, whose bomb check would refuse to tell the size
+                if zlib.crc32(head[12:29]) != struct.unpack_from(">I", head, 29)[0]:
+                    raise ImageError(f"{path}: corrupt PNG (CRC mismatch in the b'IHDR' chunk)")
+                w, h = struct.unpack_from(">II", head, 16)
+                f.seek(0)
+                start = f.read(1 << 20)   # an APNG's acTL chunk comes before its first IDAT
+                at = start.find(b"acTL")
+                frames = struct.unpack_from(">I", start, at + 4)[0] if 0 < at <= len(start) - 8 else 1
+                return ImageInfo(w, h, max(1, frames), "PNG")
+            f.seek(0)
+            with warnings.catch_warnings():
+                # between PIL's limit and twice it PIL only warns; the caller compares the size itself
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    return ImageInfo(im.width, im.height, int(getattr(im, "n_frames", 1) or 1),
+                                     im.format or "?")
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file in any format PIL knows "
+                         f"(it starts with {head[:12]!r})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+        raise ImageError(f"{path}: corrupt or truncated image ({e})") from e
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> ImageData:
@@ -225,6 +307,10 @@ def decode_image(data: bytes, name: str = "<bytes>") -> ImageData:
 def _decode_with_pil(data: bytes, name: str) -> ImageData:
     try:
         with Image.open(io.BytesIO(data)) as im:
+            frames = int(getattr(im, "n_frames", 1) or 1)
+            if frames > 1:
+                log.warning("%s: animated %s with %d frames; only the first frame is upscaled",
+                            name, im.format, frames)
             tiff16 = _tiff16_samples(data, im)
             # read before load(): PIL empties im.tile once the pixels are decoded
             premultiplied = bool(im.tile) and "RGBa" in _tile_rawmode(im.tile[0])
@@ -392,8 +478,12 @@ def _decode_png16(data: bytes, name: str) -> ImageData | None:
 # 16-bit colour TIFF -------------------------------------------------------------------------
 
 def _tile_rawmode(tile) -> str:
+    """The raw mode of a PIL tile, or "" for decoders whose args are not (rawmode, ...) (GIF's are
+    (bits, interlace, ...))."""
     args = tile[3]
-    return args if isinstance(args, str) else args[0]
+    if isinstance(args, str):
+        return args
+    return args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else ""
 
 
 def _swap_byte_order(rawmode: str) -> str:
@@ -442,16 +532,88 @@ def _with_16bit_samples(img: ImageData, arr: np.ndarray, premultiplied: bool) ->
 # ---------------------------------------------------------------------------------------------
 # writing
 
+# Temp files of write_image: ".NAME.superres-PID-XXXXXXXX.tmp" next to NAME. The writer's process id
+# in the name tells a file left by a killed run (its process is gone) from one being written now.
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.superres-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
+# weights.atomic_write_bytes names its temp files ".NAME.XXXXXXXX.tmp" (no process id): what earlier
+# versions of write_image left behind
+_LEGACY_TEMP = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # exists, owned by someone else
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, names: set[str] | frozenset[str] = frozenset()
+                            ) -> list[Path]:
+    """Delete the temp files that killed runs of write_image left in `folder`; return what was deleted.
+
+    Only files matching our own pattern go: ours whose writing process no longer exists, and for each
+    output file name in `names` (which the caller is about to write) the older pattern without a
+    process id. Nothing else in the folder is touched.
+    """
+    folder = Path(folder)
+    legacy = [re.compile(_LEGACY_TEMP.format(name=re.escape(n))) for n in names]
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(".") or not entry.name.endswith(".tmp"):
+            continue
+        m = _TEMP_RE.fullmatch(entry.name)
+        stale = (m is not None and int(m["pid"]) != os.getpid() and not _process_alive(int(m["pid"]))) \
+            or any(r.fullmatch(entry.name) for r in legacy)
+        if not stale or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            pass   # another run cleaned it first
+        except OSError as e:
+            log.warning("could not remove the stale temp file %s (%s)", entry.path, e.strerror or e)
+    return removed
+
+
 def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None = None,
                 quality: int = DEFAULT_QUALITY) -> None:
-    """Write atomically (temp file + rename): an interrupted write leaves no partial file."""
+    """Write atomically (temp file + rename): an interrupted write leaves no partial file.
+
+    Raises ImageError for what cannot be encoded and OSError (whose filename is `path`, never the temp
+    file) for what cannot be written.
+    """
     fmt = normalize_format(format) if format else format_from_path(path)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.superres-{os.getpid()}-", suffix=".tmp",
+                                   dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
             _encode(f, img, fmt, quality)
-
-    atomic_write_bytes(path, write)
+        # mkstemp makes the file 0600; give the result the permissions a plain open() would have
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as e:
+        # also on KeyboardInterrupt / SystemExit from a signal handler: no temp file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename != str(path):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def encode_image(img: ImageData, format: str, *, quality: int = DEFAULT_QUALITY) -> bytes:

@@ -75,7 +75,9 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
 
 
 def add_models_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--all", action="store_true", help="also list names whose weights are not shipped")
+    p.add_argument("--all", action="store_true",
+                   help="also list names whose weights are not shipped, and the architectures and file "
+                        "layouts that --model PATH can load")
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -99,4 +101,29 @@ def run_models(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     if not rows:
         print("no model weights are shipped in this installation; `superres models --all` lists the names")
+    if args.all:
+        _print_loadable()
     return 0
+
+
+# what a weights file given as --model PATH may hold: weights.detect_arch recognises these
+_ARCH_NOTES = {
+    "msrresnet": "SRResNet / MSRResNet (BasicSR)",
+    "rrdbnet": "ESRGAN / Real-ESRGAN RRDBNet (BasicSR key names or the original ESRGAN repo's)",
+    "compact": "Real-ESRGAN SRVGGNetCompact (realesr-general, animevideo)",
+}
+
+
+def _print_loadable() -> None:
+    from .archs import GENERATOR_SCALES, GENERATORS
+
+    print()
+    print("--model PATH also loads these architectures from a weights file:")
+    rows = [(name, "x" + ",".join(map(str, GENERATOR_SCALES.get(name, ()))), _ARCH_NOTES.get(name, ""))
+            for name in GENERATORS]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for r in rows:
+        print(f"  {r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip())
+    print("in these files: .safetensors (ours, with metadata, or bare tensors); .pth/.pt holding only "
+          "tensors (a state dict, or one under params_ema / params / state_dict / model / generator / "
+          "g_ema). Files that need code to unpickle are refused.")

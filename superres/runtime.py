@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import os
 
-import torch
+from ._lazy import lazy_module
+
+torch = lazy_module("torch")   # the option lists below are needed by --help, which must not import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -14,26 +14,35 @@ import argparse
 import glob
 import json
 import logging
+import math
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
-from tqdm import tqdm
 
 from . import runtime
+from ._lazy import lazy_function, lazy_module
 from .images import (FORMATS, DEFAULT_QUALITY, ImageData, ImageError, image_from_array, image_from_pil,
-                     image_to_array, image_to_pil, max_value, normalize_format, read_image, resize_image,
-                     resize_plane, write_image)
+                     image_to_array, image_to_pil, max_value, normalize_format, probe_image, read_image,
+                     remove_stale_temp_files, resize_image, resize_plane, write_image)
 from .models import MODELS, ModelNotFound, default_model_name, resolve_model_path
-from .tiling import count_tiles, tiled_upscale
-from .weights import load_generator, read_state_dict
+
+# torch and the modules that import it load on first use, so that `superres upscale --help` and option
+# errors answer at once (see _lazy.py); the names are the ones the code below has always used
+torch = lazy_module("torch")
+nn = lazy_module("torch.nn")
+count_tiles = lazy_function("superres.tiling", "count_tiles")
+tiled_upscale = lazy_function("superres.tiling", "tiled_upscale")
+load_generator = lazy_function("superres.weights", "load_generator")
+read_state_dict = lazy_function("superres.weights", "read_state_dict")
 
 log = logging.getLogger(__name__)
 
@@ -306,10 +315,27 @@ def _run_video(args: argparse.Namespace) -> int:
     src, dst = Path(args.inputs[0]), Path(args.output).expanduser()
     if dst.is_dir():
         dst = dst / f"{src.stem}{args.suffix}{src.suffix}"
+    try:
+        _check_writable(dst.parent)
+    except _UsageError as e:
+        log.error("%s", e)
+        return 2
     return run_video(args, up, src, dst)
 
 
 _GLOB_CHARS = set("*?[")
+EXAMPLE = "superres upscale photo.jpg -o photo_x4.png"
+DEFAULT_MAX_PIXELS = 50_000_000            # input: a 50 MP photo is already a large camera file
+DEFAULT_MAX_OUTPUT_PIXELS = 400_000_000    # output: 1.2 GB of 8-bit RGB in memory (2.4 GB at 16 bits)
+
+
+def _is_candidate(f: Path) -> bool:
+    """A folder entry to try as an image: anything but a sub-folder that has an image extension.
+
+    Broken links, pipes and unreadable files are kept so that reading them reports them; skipping them
+    here would drop them silently.
+    """
+    return f.suffix.lower() in _READABLE and not f.is_dir()
 
 
 def gather_inputs(specs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -321,15 +347,15 @@ def gather_inputs(specs: list[str], recursive: bool) -> tuple[list[tuple[Path, P
         p = Path(spec).expanduser()
         if p.is_dir():
             files = p.rglob("*") if recursive else p.iterdir()
-            found = sorted(f for f in files if f.is_file() and f.suffix.lower() in _READABLE)
+            found = sorted(f for f in files if _is_candidate(f))
             if not found:
                 errors.append(f"{spec}: no image files in this folder"
                               + ("" if recursive else " (use --recursive for sub-folders)"))
             items.extend((f, p) for f in found)
-        elif p.is_file():
-            items.append((p, p.parent))
+        elif p.exists() or p.is_symlink():
+            items.append((p, p.parent))   # a file, or a broken link / pipe that reading will report
         elif _GLOB_CHARS & set(spec):
-            found = sorted(Path(f) for f in glob.glob(spec, recursive=recursive) if Path(f).is_file())
+            found = sorted(Path(f) for f in glob.glob(spec, recursive=recursive) if _is_candidate(Path(f)))
             if not found:
                 errors.append(f"{spec}: the pattern matches no files")
             items.extend((f, f.parent) for f in found)
@@ -345,7 +371,7 @@ def gather_inputs(specs: list[str], recursive: bool) -> tuple[list[tuple[Path, P
 
 
 _READABLE = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm",
-             ".jfif", ".jpe"}
+             ".jfif", ".jpe", ".apng"}
 
 
 def _output_path(src: Path, root: Path, out: Path, single_file: bool, suffix: str, fmt: str | None) -> Path:
@@ -357,6 +383,57 @@ def _output_path(src: Path, root: Path, out: Path, single_file: bool, suffix: st
     return out / rel.parent / f"{rel.stem}{suffix}{ext}"
 
 
+# option values, checked by argparse before anything is loaded ---------------------------------
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") \
+            from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}, got {value}" if hi is not None
+                                             else f"must be {lo} or more, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in 0..1, got {text}")
+    return value
+
+
+def _pixel_count(text: str) -> int:
+    """'50000000', '50M', '0.5G', '2e6' -> a number of pixels; 0 = no limit."""
+    t = text.strip().upper()
+    factor = {"K": 10**3, "M": 10**6, "G": 10**9}.get(t[-1:], 1)
+    value = _number(t[:-1] if factor > 1 else t, float) * factor
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, got {text}")
+    return int(value)
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.3g} megapixels"
+
+
 def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or glob patterns")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -364,29 +441,36 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help=f"a shipped model ({', '.join(MODELS)}) or a .safetensors/.pth file "
                         "(default: the best shipped model)")
-    p.add_argument("--strength", type=float, default=None, metavar="0..1",
+    p.add_argument("--strength", type=_unit_float, default=None, metavar="0..1",
                    help="blend a GAN model toward its PSNR twin: 1 = GAN as trained, 0 = PSNR model")
-    p.add_argument("--tile", type=int, default=None, metavar="N",
+    p.add_argument("--tile", type=_int_in(0), default=None, metavar="N",
                    help="tile side in input pixels; 0 = whole image at once (default: from free memory)")
-    p.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP, metavar="N",
+    p.add_argument("--tile-overlap", type=_int_in(0), default=DEFAULT_OVERLAP, metavar="N",
                    help=f"input pixels shared by neighbouring tiles, blended (default {DEFAULT_OVERLAP})")
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
     p.add_argument("--precision", default="auto", choices=runtime.PRECISIONS,
                    help="auto: bf16 + channels_last on CPUs with native bf16, fp16 on CUDA, else fp32")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--outscale", type=float, default=None, metavar="F",
+    size.add_argument("--outscale", type=_positive_float, default=None, metavar="F",
                       help="final scale factor (the model's pass, then a Lanczos resize)")
-    size.add_argument("--width", type=int, default=None, help="final width (keeps the aspect ratio "
-                                                              "unless --height is also given)")
-    p.add_argument("--height", type=int, default=None, help="final height")
+    size.add_argument("--width", type=_int_in(1), default=None, help="final width (keeps the aspect ratio "
+                                                                     "unless --height is also given)")
+    p.add_argument("--height", type=_int_in(1), default=None, help="final height")
     p.add_argument("--alpha", default="model", choices=ALPHA_MODES,
                    help="how to upscale an alpha channel (default: by the model)")
     p.add_argument("--format", default=None, choices=sorted({f.lstrip('.') for f in FORMATS}),
                    help="output format (default: from the output's extension, else the input's)")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG/WebP quality 1..100")
+    p.add_argument("--quality", type=_int_in(1, 100), default=DEFAULT_QUALITY,
+                   help=f"JPEG/WebP quality 1..100 (default {DEFAULT_QUALITY})")
     p.add_argument("--suffix", default="", help="added to output file names in an output folder")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip)")
+    p.add_argument("--max-pixels", type=_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse inputs with more pixels than this, read from the file's header before "
+                        f"decoding (default {DEFAULT_MAX_PIXELS // 10**6}M; 0 = no limit)")
+    p.add_argument("--max-output-pixels", type=_pixel_count, default=DEFAULT_MAX_OUTPUT_PIXELS,
+                   metavar="N", help="refuse inputs whose result would have more pixels than this "
+                                     f"(default {DEFAULT_MAX_OUTPUT_PIXELS // 10**6}M; 0 = no limit)")
     p.add_argument("--report", default=None, metavar="FILE.json",
                    help="write a JSON list of inputs, outputs, sizes, seconds and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -394,27 +478,122 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     add_video_arguments(p)
 
 
+# the output, checked before the model is loaded ------------------------------------------------
+
+class _UsageError(ValueError):
+    """An option combination that cannot work; exit code 2 before any image is read."""
+
+
+def _check_writable(folder: Path) -> None:
+    """_UsageError unless files can be created in `folder` (or in the folders it will be made from)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _UsageError(f"cannot create the output folder {folder}: {existing} is a file")
+    try:
+        # an unnamed file where the OS allows it: nothing is left even if we are killed right here
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        where = existing if existing == folder else f"{existing} (to make {folder})"
+        raise _UsageError(f"cannot create files in {where}: {e.strerror or e}") from None
+
+
+def _plan_output(args: argparse.Namespace, items: list[tuple[Path, Path]]) -> tuple[Path, bool, str | None]:
+    """(output path, whether it is one file, output format name or None); _UsageError when the
+    inputs and -o / --format do not fit together."""
+    out = Path(args.output).expanduser()
+    fmt = normalize_format(args.format).lower() if args.format else None
+    as_folder = out.is_dir() or args.output.endswith(("/", os.sep))
+    one_input = len(args.inputs) == 1 and len(items) == 1 and not Path(args.inputs[0]).is_dir() \
+        and not (_GLOB_CHARS & set(args.inputs[0]) and not Path(args.inputs[0]).exists())
+    suffix = out.suffix.lower()
+    looks_like_file = out.is_file() or suffix in FORMATS or suffix in _READABLE
+    if not as_folder and not one_input and looks_like_file:
+        several = f"{len(items)} inputs" if len(items) != 1 else f"the folder or pattern {args.inputs[0]!r}"
+        raise _UsageError(f"-o {args.output} is a file name, but {several} need an output folder: "
+                          f"give one, e.g. -o {out.with_suffix('')}/ (created if missing)")
+    single_file = one_input and not as_folder
+    if single_file:
+        if suffix not in FORMATS and not fmt:
+            raise _UsageError(f"{out}: the output file needs an image extension "
+                              f"({', '.join(sorted(FORMATS))}) or --format")
+        if fmt and suffix in FORMATS.keys() | _READABLE and FORMATS.get(suffix, "").lower() != fmt:
+            raise _UsageError(f"--format {args.format} would write {fmt.upper()} data into {out.name}; "
+                              f"name the output {out.with_suffix('.' + args.format).name} or drop --format")
+        if out.is_dir():
+            raise _UsageError(f"-o {out} is a folder")
+        _check_writable(out.parent)
+    else:
+        _check_writable(out)
+    if args.height and args.outscale:
+        raise _UsageError("--height and --outscale cannot be combined")
+    return out, single_file, fmt
+
+
+# memory ------------------------------------------------------------------------------------------
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """MemoryError (numpy), torch's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(e, MemoryError):
+        return True
+    if not isinstance(e, RuntimeError):
+        return False
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or "can't allocate memory" in str(e) \
+        or "out of memory" in str(e).lower()
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temp files are removed on the way out."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _check_size(src: Path, width: int, height: int, scale: int, args: argparse.Namespace) -> None:
+    """ImageError when the input or the result is over --max-pixels / --max-output-pixels."""
+    n = width * height
+    if args.max_pixels and n > args.max_pixels:
+        raise ImageError(f"{src}: {width}x{height} is {_megapixels(n)}, over --max-pixels "
+                         f"({_megapixels(args.max_pixels)}); raise --max-pixels (0 = no limit) if you "
+                         "trust the file and have the memory")
+    tw, th = output_size(width, height, scale, outscale=args.outscale, width=args.width, height=args.height)
+    # the model's own output is held in full before a resize to the final size
+    m = max(width * height * scale * scale, tw * th)
+    if args.max_output_pixels and m > args.max_output_pixels:
+        raise ImageError(f"{src}: the result of this {width}x{height} input would be {_megapixels(m)}, "
+                         f"over --max-output-pixels ({_megapixels(args.max_output_pixels)}); raise it "
+                         "(0 = no limit) if you have the memory, or upscale a crop")
+
+
 def run_upscale(args: argparse.Namespace) -> int:
     from .video import is_video
     if len(args.inputs) == 1 and is_video(args.inputs[0]) and Path(args.inputs[0]).is_file():
         return _run_video(args)
+    from tqdm import tqdm
+
     items, errors = gather_inputs(args.inputs, args.recursive)
     for e in errors:
         log.error(e)
     if not items:
-        log.error("nothing to upscale")
+        log.error("nothing to upscale; give image files, folders or patterns, e.g. `%s`", EXAMPLE)
         return 1
-    out = Path(args.output).expanduser()
-    single_file = len(items) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file() \
-        and not out.is_dir() and not args.output.endswith(os.sep)
-    fmt = normalize_format(args.format).lower() if args.format else None
-    if single_file and out.suffix.lower() not in FORMATS and not fmt:
-        log.error("%s: the output file needs an image extension (%s) or --format", out,
-                  ", ".join(sorted(FORMATS)))
+    try:
+        out, single_file, fmt = _plan_output(args, items)
+    except (_UsageError, ImageError) as e:
+        log.error("%s", e)
         return 2
-    if args.height and args.outscale:
-        log.error("--height and --outscale cannot be combined")
-        return 2
+    plan = [(src, root, _output_path(src, root, out, single_file, args.suffix, fmt)) for src, root in items]
+    by_folder: dict[Path, set[str]] = {}
+    for _, _, dst in plan:
+        by_folder.setdefault(dst.parent, set()).add(dst.name)
+    for folder, names in by_folder.items():
+        removed = remove_stale_temp_files(folder, names)
+        if removed:
+            log.info("removed %d temp file(s) left in %s by an interrupted run", len(removed), folder)
     try:
         up = Upscaler.from_pretrained(args.model, strength=args.strength, device=args.device,
                                       precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap)
@@ -424,44 +603,74 @@ def run_upscale(args: argparse.Namespace) -> int:
     log.info("model %s (%s x%d) on %s, %s", up.name, up.info.get("arch"), up.scale, up.device,
              runtime.precision_name(up.amp_dtype))
     input_paths = {f.resolve() for f, _ in items}
-    report: list[dict[str, Any]] = []
-    failed = 0
-    bar = tqdm(items, desc="images", unit="img", disable=args.no_progress or len(items) == 1, file=sys.stderr)
-    for src, root in bar:
-        dst = _output_path(src, root, out, single_file, args.suffix, fmt)
-        entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
-        t0 = time.perf_counter()
-        try:
-            if dst.resolve() in input_paths:
-                raise ImageError(f"{src}: the output {dst} would overwrite an input; choose another -o "
-                                 "or a --suffix")
-            if dst.exists() and not args.overwrite:
-                entry["status"] = "skipped"
-                log.info("%s exists, skipped (--overwrite replaces it)", dst)
-                report.append(entry)
-                continue
-            img = read_image(src)
-            entry["input_size"] = [img.width, img.height]
-            tiles = tqdm(total=up.count_tiles(img.height, img.width) * (2 if img.alpha is not None
-                                                                        and args.alpha == "model" else 1),
-                         desc=src.name, unit="tile", leave=False, file=sys.stderr,
-                         disable=args.no_progress)
-            with tiles:
-                result = up.upscale_image(img, outscale=args.outscale, width=args.width, height=args.height,
-                                          alpha=args.alpha, on_tile=lambda done, total: tiles.update(1))
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, result, format=fmt, quality=args.quality)
-            entry.update(status="ok", output_size=[result.width, result.height])
-        except (ImageError, OSError, ValueError) as e:
-            failed += 1
-            entry.update(status="error", error=str(e))
-            log.error("%s", e if str(src) in str(e) else f"{src}: {e}")
-        except Exception as e:  # one bad image must not stop the batch
-            failed += 1
-            entry.update(status="error", error=f"{type(e).__name__}: {e}")
-            log.exception("%s: failed", src)
-        entry["seconds"] = round(time.perf_counter() - t0, 4)
-        report.append(entry)
+    report: list[dict[str, Any]] = [{"input": e.split(": ")[0], "status": "error", "error": e} for e in errors]
+    failed = len(errors)
+    interrupted: int | None = None
+    bar = tqdm(plan, desc="images", unit="img", disable=args.no_progress or len(items) == 1, file=sys.stderr)
+    # PIL's decompression-bomb limit gives way to --max-pixels, which is checked first from the header
+    saved_pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None if not args.max_pixels else max(args.max_pixels, saved_pil_limit or 0)
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        for src, root, dst in bar:
+            entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
+            t0 = time.perf_counter()
+            try:
+                if dst.resolve() in input_paths:
+                    raise ImageError(f"{src}: the output {dst} would overwrite an input; choose another -o "
+                                     "or a --suffix")
+                if dst.exists() and not args.overwrite:
+                    entry["status"] = "skipped"
+                    log.info("%s exists, skipped (--overwrite replaces it)", dst)
+                    report.append(entry)
+                    continue
+                info = probe_image(src)
+                _check_size(src, info.width, info.height, up.scale, args)
+                img = read_image(src)
+                entry["input_size"] = [img.width, img.height]
+                _check_size(src, img.width, img.height, up.scale, args)   # EXIF may have turned it
+                tiles = tqdm(total=up.count_tiles(img.height, img.width) * (2 if img.alpha is not None
+                                                                            and args.alpha == "model" else 1),
+                             desc=src.name, unit="tile", leave=False, file=sys.stderr,
+                             disable=args.no_progress)
+                with tiles:
+                    result = up.upscale_image(img, outscale=args.outscale, width=args.width,
+                                              height=args.height, alpha=args.alpha,
+                                              on_tile=lambda done, total: tiles.update(1))
+                del img
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    write_image(dst, result, format=fmt, quality=args.quality)
+                except OSError as e:
+                    raise ImageError(f"{src}: could not write the output {e.filename or dst} "
+                                     f"({e.strerror or e})") from None
+                entry.update(status="ok", output_size=[result.width, result.height])
+            except (ImageError, OSError, ValueError) as e:
+                failed += 1
+                entry.update(status="error", error=str(e) if str(src) in str(e) else f"{src}: {e}")
+                log.error("%s", entry["error"])
+            except Exception as e:  # one bad image must not stop the batch
+                failed += 1
+                if _is_out_of_memory(e):
+                    entry.update(status="error", error=f"{src}: out of memory ({type(e).__name__}); try a "
+                                 "smaller --tile, or a lower --max-pixels / --max-output-pixels to skip "
+                                 "such images")
+                    log.error("%s", entry["error"])
+                else:
+                    entry.update(status="error", error=f"{src}: {type(e).__name__}: {e}")
+                    log.exception("%s: failed", src)
+            entry["seconds"] = round(time.perf_counter() - t0, 4)
+            report.append(entry)
+    except KeyboardInterrupt:
+        interrupted = 130
+    except _Terminated:
+        interrupted = 143
+    finally:
+        bar.close()
+        Image.MAX_IMAGE_PIXELS = saved_pil_limit
+        if main_thread:
+            signal.signal(signal.SIGTERM, saved_sigterm)
     if args.report:
         from .weights import atomic_write_bytes
 
@@ -469,6 +678,11 @@ def run_upscale(args: argparse.Namespace) -> int:
         # atomic_write_bytes takes a function that writes the temp file, not the bytes themselves
         atomic_write_bytes(args.report, lambda tmp: Path(tmp).write_bytes(data))
     n_ok = sum(e.get("status") == "ok" for e in report)
-    log.info("%d written, %d skipped, %d failed", n_ok, sum(e.get("status") == "skipped" for e in report),
-             failed)
-    return 1 if failed or errors else 0
+    n_skipped = sum(e.get("status") == "skipped" for e in report)
+    log.info("%d written, %d skipped (output exists), %d failed%s", n_ok, n_skipped, failed,
+             "" if interrupted is None else f", {len(plan) - len(report) + len(errors)} not done")
+    if interrupted is not None:
+        log.error("interrupted by %s; no partial file was left. Run the same command again to do the "
+                  "rest (existing outputs are skipped)", "Ctrl-C" if interrupted == 130 else "SIGTERM")
+        return interrupted
+    return 1 if failed else 0

@@ -87,9 +87,21 @@ def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict[str, str]]
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"{path}: could not be loaded with torch.load(weights_only=True): {e}. "
-                           "Only plain tensor checkpoints are accepted.") from e
+        # torch's message suggests weights_only=False, i.e. running the file's code: never pass that on
+        log.debug("torch.load(weights_only=True) refused %s (%s)", path, type(e).__name__)
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        what = ("a PyTorch checkpoint that holds more than tensors (loading it would run code from the "
+                "file, which we never do)" if zipped else "not a weights file we can load")
+        raise WeightsError(f"{path}: {what}; give a .safetensors file or a .pth/.pt file of plain "
+                           f"tensors, or a model name ({', '.join(_model_names())})") from None
     return unwrap_checkpoint(obj, str(path)), {}
+
+
+def _model_names() -> list[str]:
+    from .models import MODELS
+
+    return list(MODELS)
 
 
 def unwrap_checkpoint(obj: Any, where: str = "checkpoint") -> StateDict:

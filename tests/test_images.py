@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from superres.images import (ImageData, ImageError, decode_image, encode_image, image_from_pil,
-                             read_image, write_image)
+from superres.images import (ImageData, ImageError, ImageInfo, decode_image, encode_image, image_from_pil,
+                             probe_image, read_image, remove_stale_temp_files, write_image)
 
 RNG = np.random.default_rng(1234)
 EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp"}
@@ -320,3 +320,100 @@ def test_missing_file_and_folder_raise_image_error(tmp_path):
         read_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match="folder"):
         read_image(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# reliability (issue 14): GIF, animations, non-files, header probing, temp files
+
+def test_static_gif_reads():
+    # PIL's GIF tiles carry (bits, interlace, ...) instead of a raw mode: this was a TypeError
+    im = Image.fromarray(_smooth_rgb()).quantize(16)
+    img = decode_image(_pil_bytes(im, "GIF"), "x.gif")
+    assert (img.width, img.height, img.channels) == (32, 24, 3) and img.format == "GIF"
+    assert np.array_equal(img.pixels, np.asarray(im.convert("RGB")))
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animation_gives_its_first_frame_with_a_note(fmt, caplog):
+    frames = [Image.new("RGB", (16, 12), (60 * i, 255 - 60 * i, 20)) for i in range(3)]
+    data = _pil_bytes(frames[0], fmt, save_all=True, append_images=frames[1:], lossless=True)
+    img = decode_image(data, "anim." + fmt.lower())
+    assert (img.width, img.height) == (16, 12)
+    assert np.abs(img.pixels.astype(int) - (0, 255, 20)).max() <= 2
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert notes == [f"anim.{fmt.lower()}: animated {fmt} with 3 frames; only the first frame is upscaled"]
+
+
+def test_probe_reads_the_header_only(tmp_path):
+    import struct
+    import zlib
+
+    # a PNG that claims 40000 x 30000 pixels: decoding it would need gigabytes
+    ihdr = struct.pack(">IIBBBBB", 40000, 30000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
+                                        + struct.pack(">I", zlib.crc32(chunk)))
+    info = probe_image(tmp_path / "huge.png")
+    assert (info.width, info.height, info.frames, info.format) == (40000, 30000, 1, "PNG")
+    frames = [Image.new("RGB", (5, 4), (i, i, i)) for i in range(4)]
+    (tmp_path / "a.png").write_bytes(_pil_bytes(frames[0], "PNG", save_all=True, append_images=frames[1:]))
+    assert probe_image(tmp_path / "a.png").frames == 4
+    (tmp_path / "a.gif").write_bytes(_pil_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:]))
+    assert probe_image(tmp_path / "a.gif") == ImageInfo(5, 4, 4, "GIF")
+    (tmp_path / "t.jpg").write_text("<html>not found</html>")
+    with pytest.raises(ImageError, match=r"t\.jpg: not an image file"):
+        probe_image(tmp_path / "t.jpg")
+
+
+def test_non_files_are_refused_by_type(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")   # reading it would block forever
+    with pytest.raises(ImageError, match=r"pipe\.png: not a regular file"):
+        read_image(tmp_path / "pipe.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ImageError, match=r"link\.png: broken symbolic link .*gone\.png"):
+        read_image(tmp_path / "link.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ImageError, match=r"dir\.png: is a folder"):
+        probe_image(tmp_path / "dir.png")
+
+
+def test_write_error_names_the_output_not_the_temp_file(tmp_path):
+    target = tmp_path / "missing_folder" / "out.png"
+    with pytest.raises(OSError) as e:
+        write_image(target, ImageData(_rgb()))
+    assert e.value.filename == str(target) and ".tmp" not in str(e.value)
+
+
+def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".a.png.superres-{dead_pid}-abc_1234.tmp"
+    legacy = tmp_path / ".b.png.k3j_x9q2.tmp"
+    live = tmp_path / f".c.png.superres-{os.getppid()}-abcd1234.tmp"   # a running process's
+    mine = tmp_path / f".d.png.superres-{os.getpid()}-abcd1234.tmp"
+    keep = [live, mine, tmp_path / ".e.png.k3j_x9q2.tmp", tmp_path / "notes.tmp",
+            tmp_path / f".a.png.superres-{dead_pid}-toolongname.tmp"]
+    for p in [stale, legacy] + keep:
+        p.write_bytes(b"")
+    removed = remove_stale_temp_files(tmp_path, {"b.png"})
+    assert sorted(removed) == sorted([stale, legacy])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)
+
+
+def test_write_image_leaves_no_temp_file_when_interrupted(tmp_path, monkeypatch):
+    import superres.images as images_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images_mod, "_write_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(tmp_path / "x.png", ImageData(_rgb()))
+    assert list(tmp_path.iterdir()) == []

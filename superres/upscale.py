@@ -569,6 +569,61 @@ def _check_size(src: Path, width: int, height: int, scale: int, args: argparse.N
                          "(0 = no limit) if you have the memory, or upscale a crop")
 
 
+def upscale_file(up: "Upscaler", src: Path, dst: Path, args: argparse.Namespace, fmt: str | None,
+                 input_paths: set[Path] | frozenset = frozenset()) -> dict[str, Any]:
+    """One input file -> one output file, with every check of `superres upscale`; the report entry
+    ({"input", "output", "status": ok|skipped|error, ...}). Errors of this file are returned, not
+    raised, so a batch goes on; Ctrl-C and SIGTERM are raised. The local loop and the Ray workers
+    (superres.cluster) both call this, so they behave the same file by file."""
+    from tqdm import tqdm
+
+    entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
+    t0 = time.perf_counter()
+    try:
+        if dst.resolve() in input_paths:
+            raise ImageError(f"{src}: the output {dst} would overwrite an input; choose another -o "
+                             "or a --suffix")
+        if dst.exists() and not args.overwrite:
+            entry["status"] = "skipped"
+            log.info("%s exists, skipped (--overwrite replaces it)", dst)
+            return entry
+        info = probe_image(src)
+        _check_size(src, info.width, info.height, up.scale, args)
+        img = read_image(src)
+        entry["input_size"] = [img.width, img.height]
+        _check_size(src, img.width, img.height, up.scale, args)   # EXIF may have turned it
+        tiles = tqdm(total=up.count_tiles(img.height, img.width) * (2 if img.alpha is not None
+                                                                    and args.alpha == "model" else 1),
+                     desc=src.name, unit="tile", leave=False, file=sys.stderr,
+                     disable=args.no_progress)
+        with tiles:
+            result = up.upscale_image(img, outscale=args.outscale, width=args.width,
+                                      height=args.height, alpha=args.alpha,
+                                      on_tile=lambda done, total: tiles.update(1))
+        del img
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_image(dst, result, format=fmt, quality=args.quality)
+        except OSError as e:
+            raise ImageError(f"{src}: could not write the output {e.filename or dst} "
+                             f"({e.strerror or e})") from None
+        entry.update(status="ok", output_size=[result.width, result.height])
+    except (ImageError, OSError, ValueError) as e:
+        entry.update(status="error", error=str(e) if str(src) in str(e) else f"{src}: {e}")
+        log.error("%s", entry["error"])
+    except Exception as e:  # one bad image must not stop the batch
+        if _is_out_of_memory(e):
+            entry.update(status="error", error=f"{src}: out of memory ({type(e).__name__}); try a "
+                         "smaller --tile, or a lower --max-pixels / --max-output-pixels to skip "
+                         "such images")
+            log.error("%s", entry["error"])
+        else:
+            entry.update(status="error", error=f"{src}: {type(e).__name__}: {e}")
+            log.exception("%s: failed", src)
+    entry["seconds"] = round(time.perf_counter() - t0, 4)
+    return entry
+
+
 def run_upscale(args: argparse.Namespace) -> int:
     from .video import is_video
     if len(args.inputs) == 1 and is_video(args.inputs[0]) and Path(args.inputs[0]).is_file():
@@ -614,53 +669,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     saved_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         for src, root, dst in bar:
-            entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
-            t0 = time.perf_counter()
-            try:
-                if dst.resolve() in input_paths:
-                    raise ImageError(f"{src}: the output {dst} would overwrite an input; choose another -o "
-                                     "or a --suffix")
-                if dst.exists() and not args.overwrite:
-                    entry["status"] = "skipped"
-                    log.info("%s exists, skipped (--overwrite replaces it)", dst)
-                    report.append(entry)
-                    continue
-                info = probe_image(src)
-                _check_size(src, info.width, info.height, up.scale, args)
-                img = read_image(src)
-                entry["input_size"] = [img.width, img.height]
-                _check_size(src, img.width, img.height, up.scale, args)   # EXIF may have turned it
-                tiles = tqdm(total=up.count_tiles(img.height, img.width) * (2 if img.alpha is not None
-                                                                            and args.alpha == "model" else 1),
-                             desc=src.name, unit="tile", leave=False, file=sys.stderr,
-                             disable=args.no_progress)
-                with tiles:
-                    result = up.upscale_image(img, outscale=args.outscale, width=args.width,
-                                              height=args.height, alpha=args.alpha,
-                                              on_tile=lambda done, total: tiles.update(1))
-                del img
-                try:
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    write_image(dst, result, format=fmt, quality=args.quality)
-                except OSError as e:
-                    raise ImageError(f"{src}: could not write the output {e.filename or dst} "
-                                     f"({e.strerror or e})") from None
-                entry.update(status="ok", output_size=[result.width, result.height])
-            except (ImageError, OSError, ValueError) as e:
-                failed += 1
-                entry.update(status="error", error=str(e) if str(src) in str(e) else f"{src}: {e}")
-                log.error("%s", entry["error"])
-            except Exception as e:  # one bad image must not stop the batch
-                failed += 1
-                if _is_out_of_memory(e):
-                    entry.update(status="error", error=f"{src}: out of memory ({type(e).__name__}); try a "
-                                 "smaller --tile, or a lower --max-pixels / --max-output-pixels to skip "
-                                 "such images")
-                    log.error("%s", entry["error"])
-                else:
-                    entry.update(status="error", error=f"{src}: {type(e).__name__}: {e}")
-                    log.exception("%s: failed", src)
-            entry["seconds"] = round(time.perf_counter() - t0, 4)
+            entry = upscale_file(up, src, dst, args, fmt, input_paths)
+            failed += entry["status"] == "error"
             report.append(entry)
     except KeyboardInterrupt:
         interrupted = 130

@@ -409,6 +409,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
 
     # -- resume ------------------------------------------------------------------------------
     step, best = 0, None
+    resume_rng = None
     next_sample = 0  # the global sample index the next batch starts at
     resume_path = ckpt_lib.latest_checkpoint(ckpt_dir) if resume == "auto" else (Path(resume) if resume else None)
     if resume == "auto" and resume_path is None:
@@ -437,7 +438,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             else:
                 log.warning("%s has no degradation RNG state for %d process(es): reseeded", resume_path,
                             dinfo.world_size)
-        set_rng_state(state["rng"])
+        resume_rng = state["rng"]  # restored once the data loader below has drawn its seed
         if state.get("config_digest") != config_digest(cfg):
             log.info("the config differs from the one %s was trained with", resume_path.name)
         if main:
@@ -474,6 +475,11 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                         num_workers=cfg.data.num_workers, drop_last=True,
                         persistent_workers=cfg.data.num_workers > 0)
     batches = iter(loader)
+    # Creating the iterator draws the loader's base seed from the global torch RNG (one int64, two
+    # 32-bit words). A straight run drew it before step 0, so the saved state already includes it:
+    # restoring first and drawing again would put every later checkpoint's RNG state two draws ahead.
+    if resume_rng is not None:
+        set_rng_state(resume_rng)
     sample_base, step_base = sampler.next_index * dinfo.world_size, step
 
     stop = _StopFlag()

@@ -247,6 +247,10 @@ def test_sigkill_and_resume_is_bitwise_identical(images, tmp_path):
     for opt in ("opt_g", "opt_d"):
         for i, s in a[opt]["state"].items():
             assert torch.equal(s["exp_avg_sq"], b[opt]["state"][i]["exp_avg_sq"])
+    # the checkpoint itself is the same file: a second resume from it must not drift either
+    for part in ("torch", "numpy", "python"):
+        assert torch.equal(torch.as_tensor(a["rng"][part]), torch.as_tensor(b["rng"][part])), f"rng.{part} differs"
+    assert a["rng"]["numpy_pos"] == b["rng"]["numpy_pos"]
 
 
 def test_resume_explicit_path(images, tmp_path):

@@ -271,8 +271,11 @@ class GanHealth:
             self.check(rec)
 
 
-def open_tensorboard(run_dir: Path, enabled: bool):
-    """A SummaryWriter on run_dir/tb, or None: tensorboard is optional."""
+def open_tensorboard(run_dir: Path, enabled: bool, purge_step: int | None = None):
+    """A SummaryWriter on run_dir/tb, or None: tensorboard is optional.
+
+    purge_step: a resumed run redoes the steps after its checkpoint; TensorBoard hides the events
+    an earlier process wrote at this step or later, so each step shows once."""
     if not enabled:
         return None
     try:
@@ -281,7 +284,7 @@ def open_tensorboard(run_dir: Path, enabled: bool):
         log.info("tensorboard is not installed: metrics go to metrics.jsonl only "
                  "(pip install tensorboard, or set log.tensorboard = false to silence this)")
         return None
-    return SummaryWriter(str(run_dir / "tb"))
+    return SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -441,9 +444,9 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
         resume_rng = state["rng"]  # restored once the data loader below has drawn its seed
         if state.get("config_digest") != config_digest(cfg):
             log.info("the config differs from the one %s was trained with", resume_path.name)
-        if main:
-            truncate_metrics(run_dir / "metrics.jsonl", step)
         log.info("resumed from %s at step %d", resume_path, step)
+    if resume and main:  # also `--resume auto` without a checkpoint: records from before it are redone
+        truncate_metrics(run_dir / "metrics.jsonl", step)
 
     gen_train, disc_train = gen, disc  # what forward/backward go through (DDP wrappers if distributed)
     if dinfo.enabled:
@@ -485,7 +488,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
-    tb = open_tensorboard(run_dir, lg.tensorboard) if main else None
+    # records are logged after their step, so the first one this process writes is step + 1
+    tb = open_tensorboard(run_dir, lg.tensorboard, purge_step=step + 1 if resume else None) if main else None
     health = GanHealth()
     if resume_path is not None and main:
         health.replay(run_dir / "metrics.jsonl")

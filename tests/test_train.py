@@ -376,6 +376,39 @@ def test_tensorboard_when_installed(images, tmp_path):
     assert list((tmp_path / "run" / "tb").glob("events.*"))
 
 
+def tensorboard_scalar_steps(tb_dir: Path) -> dict[str, list[int]]:
+    """Each scalar tag's steps as TensorBoard shows them: event files in name (= time) order, and a
+    SessionLog.START at step N (SummaryWriter's purge_step) hides the earlier events at steps >= N."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    seen: list[tuple[str, int]] = []
+    for path in sorted(tb_dir.glob("events.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                seen = [(tag, step) for tag, step in seen if step < event.step]
+            for value in event.summary.value:
+                seen.append((value.tag, event.step))
+    steps: dict[str, list[int]] = {}
+    for tag, step in seen:
+        steps.setdefault(tag, []).append(step)
+    return steps
+
+
+def test_resume_logs_each_step_once(images, tmp_path):
+    """Resuming at step 2 of a 4-step run redoes steps 3-4: TensorBoard and metrics.jsonl must show
+    them once, with the resumed run's values."""
+    pytest.importorskip("tensorboard")
+    cfg = tiny(images, "train.total_steps=4", "log.ckpt_every=2", "log.keep_last=5", "log.tensorboard=true")
+    run = tmp_path / "run"
+    train(cfg, run)
+    train(cfg, run, resume=str(run / "checkpoints" / "ckpt_00000002.pt"))
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+    steps = tensorboard_scalar_steps(run / "tb")
+    assert steps["train/l_pix"] == [1, 2, 3, 4]
+    assert all(sorted(set(s)) == s for s in steps.values()), steps
+
+
 def test_texture_loss_trains_without_a_discriminator(images, tmp_path):
     cfg = tiny(images, "losses.texture=1.0", "losses.texture_layers={relu1_1=1.0, relu2_1=0.5}",
                "losses.texture_patch=8")

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import statistics
 import time
@@ -169,11 +170,13 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal, for the exit code (128 + signum)
 
     def __call__(self, signum, frame) -> None:
         if self.requested:  # a second signal: the user really wants out
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
         log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
 
 
@@ -707,7 +710,11 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             if not failed:
                 dist.barrier()
             dist.destroy_process_group()
-    return {"step": step, "best": best, "run_dir": str(run_dir)}
+    # A signal that came during the last step stopped nothing: that run is finished, not interrupted.
+    interrupted = stop.signum if stop.requested and step < t.total_steps else None
+    if dinfo.enabled and stop.requested and step < t.total_steps and interrupted is None:
+        interrupted = signal.SIGTERM  # another rank got the signal; this one stopped with it
+    return {"step": step, "best": best, "run_dir": str(run_dir), "interrupted": interrupted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -820,5 +827,20 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         log.error("%s", e)
         return 2
+    if summary["interrupted"] is not None:
+        signum = int(summary["interrupted"])
+        log.warning("interrupted by %s at step %d of %d; the checkpoint is saved. Resume with:\n  %s",
+                    signal.Signals(signum).name, summary["step"], cfg.train.total_steps,
+                    resume_command(args, run_dir))
+        return 128 + signum  # the shell's convention for a process ended by this signal: 130, 143
     log.info("finished at step %d; run folder %s", summary["step"], summary["run_dir"])
     return 0
+
+
+def resume_command(args: argparse.Namespace, run_dir: str) -> str:
+    """The command line that continues this run: the same config and overrides, --resume auto."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = ["superres"] if world <= 1 else ["torchrun", "--nproc-per-node", str(world), "-m", "superres"]
+    sets = [part for item in args.overrides for part in ("--set", item)]
+    return shlex.join([*launcher, "train", str(args.config), "--run-dir", str(run_dir), *sets,
+                       "--resume", "auto"])

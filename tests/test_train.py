@@ -253,6 +253,50 @@ def test_sigkill_and_resume_is_bitwise_identical(images, tmp_path):
     assert a["rng"]["numpy_pos"] == b["rng"]["numpy_pos"]
 
 
+SIGNAL_SCRIPT = """
+import os, signal, sys
+import superres.train as T
+from superres.cli import main
+
+calls = 0
+real_ema_update = T.ema_update
+
+def ema_update_then_signal(*args, **kwargs):
+    global calls
+    real_ema_update(*args, **kwargs)
+    calls += 1
+    if calls == 3:
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as `kill` or Ctrl-C would, mid-step 3
+
+T.ema_update = ema_update_then_signal
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_saves_says_interrupted_and_exits_non_zero(images, tmp_path, signame, code):
+    cfg = tiny(images, "train.total_steps=5")
+    save_config(cfg, tmp_path / "cfg.toml")
+    run = tmp_path / "run"
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, signame, "train", str(tmp_path / "cfg.toml"),
+                           "--run-dir", str(run), "--set", "log.log_every=1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert f"interrupted by {signame} at step 3 of 5" in proc.stderr
+    assert "finished" not in proc.stderr
+    assert ckpt_lib.latest_checkpoint(run / "checkpoints").name == "ckpt_00000003.pt"
+    # the printed command, run as it is, finishes the run
+    command = proc.stderr.split("Resume with:\n")[1].splitlines()[0].split()
+    assert command[:2] == ["superres", "train"] and command[-2:] == ["--resume", "auto"]
+    assert ["--set", "log.log_every=1"] == command[command.index("--set"):command.index("--set") + 2]
+    done = subprocess.run([sys.executable, "-m", "superres", *command[1:]], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "finished at step 5" in done.stderr
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5]
+
+
 def test_resume_explicit_path(images, tmp_path):
     cfg = tiny(images, "train.total_steps=4", "log.ckpt_every=2", "log.keep_last=5")
     train(cfg, tmp_path / "a")

@@ -120,9 +120,72 @@ def test_gan_with_vgg128_and_perceptual(tmp_path):
 
 def test_missing_vgg_file_fails_before_training(images, tmp_path):
     cfg = tiny(images, "losses.perceptual=1.0", "losses.vgg_weights=nowhere/vgg19.pth")
-    with pytest.raises(ConfigError, match="nowhere/vgg19.pth.*none is downloaded"):
+    with pytest.raises(ConfigError, match="nowhere/vgg19.pth is not a file.*none is downloaded"):
         train(cfg, tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()
+
+
+def cli_train(*argv: str) -> int:
+    """`superres train ARGV` in this process (the exit code); logs go to caplog."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train_mod.add_train_arguments(parser)
+    return train_mod.run_train(parser.parse_args(list(argv)))
+
+
+def test_missing_inputs_are_one_clear_error_and_no_run_folder(images, tmp_path, caplog):
+    cfg = tiny(images, "train.total_steps=1")
+    cfg.data.train_dirs = [str(images), str(tmp_path / "no-such-folder"), str(tmp_path)]  # tmp_path: no images
+    cfg.data.val_dirs = [str(tmp_path / "Set5")]
+    cfg.model.pretrained = str(tmp_path / "stage1.safetensors")
+    save_config(cfg, tmp_path / "cfg.toml")
+    assert cli_train(str(tmp_path / "cfg.toml"), "--run-dir", str(tmp_path / "run")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    for wanted in (f"data.train_dirs: {tmp_path / 'no-such-folder'} is not a folder",
+                   f"data.train_dirs: {tmp_path} holds no images", f"data.val_dirs: {tmp_path / 'Set5'}",
+                   f"model.pretrained: {tmp_path / 'stage1.safetensors'} is not a file",
+                   "relative to that file's folder"):
+        assert wanted in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_setup_error_after_the_folder_is_made_leaves_no_folder(images, tmp_path):
+    torch.manual_seed(5)
+    save_weights(tmp_path / "wide.safetensors", build_generator("msrresnet", upscale=4, num_feat=16, num_block=1))
+    cfg = tiny(images, "train.total_steps=1", f"model.pretrained={json.dumps(str(tmp_path / 'wide.safetensors'))}")
+    save_config(cfg, tmp_path / "cfg.toml")
+    assert cli_train(str(tmp_path / "cfg.toml"), "--run-dir", str(tmp_path / "run")) == 2  # num_feat differs
+    assert not (tmp_path / "run").exists()
+
+
+def test_rerun_into_a_run_folder_needs_resume_or_overwrite(images, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny(images, "train.total_steps=4", "log.ckpt_every=2", "log.keep_last=5"), run)
+    before = (run / "metrics.jsonl").read_text()
+    cfg = tiny(images, "train.total_steps=3")
+    with pytest.raises(ConfigError, match=r"already holds a run .*latest checkpoint is step 4.*--resume auto.*--overwrite"):
+        train(cfg, run)
+    assert (run / "metrics.jsonl").read_text() == before
+    assert [p.name for p in ckpt_lib.list_checkpoints(run / "checkpoints")] == ["ckpt_00000002.pt", "ckpt_00000004.pt"]
+    with pytest.raises(ConfigError, match="give one"):
+        train(cfg, run, resume="auto", overwrite=True)
+    (run / "notes.txt").write_text("mine")
+    train(cfg, run, overwrite=True)
+    assert [r["step"] for r in records(run)] == [1, 2, 3]
+    assert [p.name for p in ckpt_lib.list_checkpoints(run / "checkpoints")] == ["ckpt_00000003.pt"]
+    assert (run / "notes.txt").read_text() == "mine"  # only what train writes is deleted
+    # a folder with only config.toml (a run that failed in setup) is not a run worth refusing for
+    empty = tmp_path / "failed-setup"
+    empty.mkdir()
+    save_config(cfg, empty / "config.toml")
+    train(cfg, empty)
+    assert cli_train(str(empty / "config.toml"), "--run-dir", str(run)) == 2
+    assert "already holds a run" in caplog.text
+    assert cli_train(str(empty / "config.toml"), "--run-dir", str(run), "--resume",
+                     str(tmp_path / "nope.pt")) == 2
+    assert "--resume " + str(tmp_path / "nope.pt") + ": no such checkpoint file" in caplog.text
 
 
 def test_d_warmup_and_update_ratio(images, tmp_path):

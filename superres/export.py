@@ -181,7 +181,9 @@ def load_source(source: str | os.PathLike, *, weights: str = "ema", best: bool =
     cfg = None
     if run_dir is not None:
         try:
-            cfg = load_config(run_dir / "config.toml")
+            # As written: export needs only the model section, and the digest check below must see
+            # the text the run saved (runs before config-relative paths saved cwd-relative ones).
+            cfg = load_config(run_dir / "config.toml", resolve_paths=False)
         except ConfigError as e:
             raise ExportError(f"{run_dir / 'config.toml'}: {e}") from e
 

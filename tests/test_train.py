@@ -15,7 +15,7 @@ from PIL import Image
 import superres.train as train_mod
 from superres import checkpoint as ckpt_lib
 from superres.archs import build_generator
-from superres.config import ConfigError, load_config, save_config
+from superres.config import ConfigError, config_to_toml, load_config, save_config
 from superres.train import GanHealth, save_samples, train
 from superres.weights import save_weights
 
@@ -149,6 +149,21 @@ def test_missing_inputs_are_one_clear_error_and_no_run_folder(images, tmp_path, 
                    "relative to that file's folder"):
         assert wanted in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_config_paths_resolve_against_the_config_folder_from_anywhere(tmp_path, monkeypatch):
+    """The defect: run from another folder, the config's data paths resolved against the working
+    folder and the run crashed with a traceback."""
+    make_images(tmp_path / "project" / "data" / "hr")
+    (tmp_path / "project" / "configs").mkdir()
+    cfg = tiny(tmp_path / "project" / "data" / "hr", "train.total_steps=1")
+    cfg.data.train_dirs = ["../data/hr"]
+    (tmp_path / "project" / "configs" / "c.toml").write_text(config_to_toml(cfg))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli_train("../project/configs/c.toml", "--run-dir", "run") == 0
+    saved = load_config(tmp_path / "elsewhere" / "run" / "config.toml")
+    assert saved.data.train_dirs == [str(tmp_path / "project" / "data" / "hr")]
 
 
 def test_setup_error_after_the_folder_is_made_leaves_no_folder(images, tmp_path):

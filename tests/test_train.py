@@ -180,7 +180,8 @@ def test_rerun_into_a_run_folder_needs_resume_or_overwrite(images, tmp_path, cap
     train(tiny(images, "train.total_steps=4", "log.ckpt_every=2", "log.keep_last=5"), run)
     before = (run / "metrics.jsonl").read_text()
     cfg = tiny(images, "train.total_steps=3")
-    with pytest.raises(ConfigError, match=r"already holds a run .*latest checkpoint is step 4.*--resume auto.*--overwrite"):
+    refused = r"already holds a run .*latest checkpoint is step 4.*--resume auto.*--overwrite"
+    with pytest.raises(ConfigError, match=refused):
         train(cfg, run)
     assert (run / "metrics.jsonl").read_text() == before
     assert [p.name for p in ckpt_lib.list_checkpoints(run / "checkpoints")] == ["ckpt_00000002.pt", "ckpt_00000004.pt"]

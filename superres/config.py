@@ -258,7 +258,39 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+# The values that name files or folders. A relative one in a config file is relative to that file's
+# folder, so `superres train /elsewhere/configs/x.toml` reads the same data from any working folder;
+# one given with --set (or a default) is relative to the working folder, as on any command line.
+PATH_KEYS: dict[str, tuple[str, ...]] = {"data": ("train_dirs", "lr_dirs", "val_dirs"),
+                                         "model": ("pretrained",), "losses": ("vgg_weights",)}
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    """`value` (a path string or a list of them) made absolute against `base`; "" stays "" (unset)."""
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
+    if isinstance(value, str) and value:
+        return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    return value  # a wrong type: _apply names the key
+
+
+def _resolve_paths_in_file(data: dict[str, Any], folder: Path) -> None:
+    for section, keys in PATH_KEYS.items():
+        table = data.get(section)
+        if isinstance(table, dict):
+            for key in keys:
+                if key in table:
+                    table[key] = _absolute(table[key], folder)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, *,
+                resolve_paths: bool = True) -> Config:
+    """The defaults, then the TOML file at `path`, then the `--set` overrides; validated.
+
+    resolve_paths: make every path absolute (see PATH_KEYS), so the config means the same files
+    wherever it is used and the run folder's copy records exactly what was read. False keeps the
+    strings as written (export reads a run's config.toml as a record and compares its digest).
+    """
     cfg = Config()
     if path:
         path = Path(path)
@@ -266,12 +298,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"config file {path} does not exist")
         with open(path, "rb") as f:
             try:
-                _apply(cfg, tomllib.load(f), str(path))
+                data = tomllib.load(f)
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        if resolve_paths:
+            _resolve_paths_in_file(data, path.absolute().parent)
+        _apply(cfg, data, str(path))
     for item in overrides or []:
         section, key, value = _parse_override(item)
         _apply(cfg, {section: {key: value}}, "--set")
+    if resolve_paths:  # what is still relative came from --set or a default: the working folder's
+        for section, keys in PATH_KEYS.items():
+            for key in keys:
+                obj = getattr(cfg, section)
+                setattr(obj, key, _absolute(getattr(obj, key), Path.cwd()))
     validate(cfg)
     return cfg
 

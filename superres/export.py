@@ -20,10 +20,12 @@ import hashlib
 import json
 import logging
 import os
+import re
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -181,7 +183,9 @@ def load_source(source: str | os.PathLike, *, weights: str = "ema", best: bool =
     cfg = None
     if run_dir is not None:
         try:
-            cfg = load_config(run_dir / "config.toml")
+            # As written: export needs only the model section, and the digest check below must see
+            # the text the run saved (runs before config-relative paths saved cwd-relative ones).
+            cfg = load_config(run_dir / "config.toml", resolve_paths=False)
         except ConfigError as e:
             raise ExportError(f"{run_dir / 'config.toml'}: {e}") from e
 
@@ -290,7 +294,13 @@ def export_run(source: str | os.PathLike, output: str | os.PathLike, *, weights:
     src = load_source(source, weights=weights, best=best, run_dir=run_dir)
     meta = export_metadata(src, description)
     meta.update(extra_metadata or {})
-    save_weights(output, src.model, arch=src.arch, extra_metadata=meta)
+    writers = {Path(output): lambda tmp: save_weights(tmp, src.model, arch=src.arch, extra_metadata=meta)}
+    if onnx_path is not None:
+        onnx_meta = {"arch": src.arch, "hparams": json.dumps(src.model.hparams, sort_keys=True),
+                     "scale": str(src.model.hparams["upscale"]), "description": meta["description"],
+                     "step": "" if src.step is None else str(src.step)}
+        writers[Path(onnx_path)] = lambda tmp: export_onnx(src.model, tmp, metadata=onnx_meta)
+    results = write_together(writers)
     report: dict[str, Any] = {
         "output": str(output), "source": str(src.path), "weights": src.weights, "arch": src.arch,
         "hparams": dict(src.model.hparams), "step": src.step,
@@ -298,11 +308,51 @@ def export_run(source: str | os.PathLike, output: str | os.PathLike, *, weights:
         "metrics": src.metrics, "best": src.best,
     }
     if onnx_path is not None:
-        onnx_meta = {"arch": src.arch, "hparams": json.dumps(src.model.hparams, sort_keys=True),
-                     "scale": str(src.model.hparams["upscale"]), "description": meta["description"],
-                     "step": "" if src.step is None else str(src.step)}
-        report["onnx"] = export_onnx(src.model, onnx_path, metadata=onnx_meta)
+        report["onnx"] = {**results[1], "path": str(onnx_path)}
     return report
+
+
+def _remove_stale_temps(dest: Path) -> None:
+    """Temp files of an export to `dest` that was killed (SIGKILL runs no cleanup): name them and
+    remove them. Only mkstemp's exact pattern for this file name matches, never a user's file."""
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.[a-z0-9_]{{8}}\.tmp$")
+    if not dest.parent.is_dir():
+        return
+    for p in dest.parent.iterdir():
+        if pattern.match(p.name) and p.is_file():
+            log.warning("an earlier export to %s was interrupted before it finished (%s %s); removed "
+                        "its temp file %s", dest, dest.name, "is from before it" if dest.exists()
+                        else "was never written", p.name)
+            p.unlink(missing_ok=True)
+
+
+def write_together(writers: dict[Path, Callable[[str], Any]]) -> list[Any]:
+    """Write several files so that all of them appear or none: each writer fills a hidden temp
+    file beside its destination, and only when every one has succeeded are they renamed into
+    place, back to back. A kill or a failed check during the slow part (the ONNX export and its
+    onnxruntime comparison) leaves the old files, if any, untouched and no new one without its
+    partner. Returns the writers' results in order."""
+    for dest in writers:
+        if dest.is_dir():
+            raise ExportError(f"{dest} is a folder; give a file name")
+        _remove_stale_temps(dest)
+    temps: dict[Path, str] = {}
+    try:
+        results = []
+        for dest, write in writers.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+            os.close(fd)
+            temps[dest] = tmp
+            results.append(write(tmp))
+        for dest, tmp in temps.items():
+            os.replace(tmp, dest)
+        return results
+    except BaseException:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +435,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
         result["max_abs_diff"] = diff
         if not diff <= ONNX_TOLERANCE:
             raise ExportError(f"ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE}) "
-                              f"on input {tuple(check.shape)}; {path} was not written")
+                              f"on input {tuple(check.shape)}; the ONNX file was not written")
 
     atomic_write_bytes(path, write_and_check)
     return result

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import statistics
 import time
@@ -169,11 +170,13 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal, for the exit code (128 + signum)
 
     def __call__(self, signum, frame) -> None:
         if self.requested:  # a second signal: the user really wants out
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
         log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
 
 
@@ -271,8 +274,11 @@ class GanHealth:
             self.check(rec)
 
 
-def open_tensorboard(run_dir: Path, enabled: bool):
-    """A SummaryWriter on run_dir/tb, or None: tensorboard is optional."""
+def open_tensorboard(run_dir: Path, enabled: bool, purge_step: int | None = None):
+    """A SummaryWriter on run_dir/tb, or None: tensorboard is optional.
+
+    purge_step: a resumed run redoes the steps after its checkpoint; TensorBoard hides the events
+    an earlier process wrote at this step or later, so each step shows once."""
     if not enabled:
         return None
     try:
@@ -281,7 +287,7 @@ def open_tensorboard(run_dir: Path, enabled: bool):
         log.info("tensorboard is not installed: metrics go to metrics.jsonl only "
                  "(pip install tensorboard, or set log.tensorboard = false to silence this)")
         return None
-    return SummaryWriter(str(run_dir / "tb"))
+    return SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -299,6 +305,74 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
 
 
+PATH_RULE = ("relative paths in a config file are relative to that file's folder, those given with "
+             "--set to the working folder")
+
+
+def check_paths(cfg: Config) -> None:
+    """Every file and folder the config names must exist, checked before the run folder is made so
+    a typo costs no half-made run. One error lists them all."""
+    from .data import IMAGE_EXTS
+
+    problems = []
+    for key in ("train_dirs", "lr_dirs", "val_dirs"):
+        for d in getattr(cfg.data, key):
+            if not Path(d).is_dir():
+                problems.append(f"data.{key}: {d} is not a folder")
+    for d in cfg.data.train_dirs:
+        # The dataset reads every image later; here only whether there is any (a wrong folder level,
+        # e.g. Set5 instead of Set5/HR, is the usual mistake).
+        if Path(d).is_dir() and not any(p.suffix.lower() in IMAGE_EXTS for p in Path(d).rglob("*")):
+            problems.append(f"data.train_dirs: {d} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        problems.append(f"model.pretrained: {cfg.model.pretrained} is not a file (train stage 1 first, "
+                        "or fix the path)")
+    lo = cfg.losses
+    if (lo.perceptual > 0 or lo.texture > 0) and lo.vgg_weights and not Path(lo.vgg_weights).is_file():
+        problems.append(f"losses.vgg_weights: {lo.vgg_weights} is not a file (a torchvision-format VGG19 "
+                        "state dict; none is downloaded)")
+    if problems:
+        raise ConfigError("missing inputs:\n  " + "\n  ".join(problems) + f"\n({PATH_RULE})")
+
+
+# What `train` writes into a run folder; --overwrite deletes exactly these, never the folder itself
+# (a mistyped --run-dir . must not empty the working folder).
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "samples", "best.safetensors", "config.toml")
+
+
+def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """A run folder that already holds a run is continued (--resume) or replaced (--overwrite),
+    never silently trained over: that restarted at step 0 and mixed two runs' checkpoints and logs."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite deletes it: give one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a folder")
+    if resume and resume != "auto" and not Path(resume).is_file():
+        raise ConfigError(f"--resume {resume}: no such checkpoint file (or give --resume auto for the "
+                          "latest one in the run folder)")
+    # config.toml alone is a run that failed during setup: nothing to lose
+    found = [name for name in RUN_OUTPUTS[:-1] if (run_dir / name).exists()]
+    if found and not resume and not overwrite:
+        latest = ckpt_lib.latest_checkpoint(run_dir / "checkpoints")
+        where = f"its latest checkpoint is step {int(latest.stem.split('_')[1])}" if latest else "no checkpoint"
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(found)}; {where}). Continue it with "
+                          "--resume auto, start it over with --overwrite (deletes its checkpoints, metrics, "
+                          "samples and TensorBoard logs), or choose another --run-dir")
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    """--overwrite: remove the previous run's outputs (only the names train writes)."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    log.info("--overwrite: removed the previous run's outputs from %s", run_dir)
+
+
 def check_finite(values: dict[str, float], step: int) -> None:
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
@@ -310,14 +384,25 @@ def check_finite(values: dict[str, float], step: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # the loop
 
-def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[str, Any]:
-    """Train as configured; returns a summary dict (final step, best metric, run folder)."""
+def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Train as configured; returns a summary dict (final step, best metric, run folder, and the
+    signal number if a signal stopped it early, else None).
+
+    resume: "auto" (the run folder's latest checkpoint) or a checkpoint file. overwrite: replace a
+    run already in run_dir. Without either, a run folder that holds a run is an error.
+    """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     t, lg, lo = cfg.train, cfg.log, cfg.losses
+    # Every rank checks before any rank writes (init_distributed waits for all of them).
+    check_paths(cfg)
+    check_run_folder(run_dir, resume, overwrite)
     dinfo = init_distributed(t.device)
     main = dinfo.is_main
     if main:
+        if overwrite:
+            clear_run_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
 
@@ -345,10 +430,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
 
     # -- generator, its EMA copy and optimiser ----------------------------------------------
     gen = build_generator(cfg.model.arch, upscale=cfg.model.scale, **cfg.model.hparams)
-    if cfg.model.pretrained:
-        if not Path(cfg.model.pretrained).is_file():
-            raise ConfigError(f"model.pretrained = {cfg.model.pretrained!r}: no such file (paths are relative "
-                              f"to the working folder {Path.cwd()}); train stage 1 first or fix the path")
+    if cfg.model.pretrained:  # check_paths made sure the file exists
         src, info = load_generator(cfg.model.pretrained)
         init_generator_from(gen, cfg.model.arch, src, info["arch"], cfg.model.pretrained)
     gen = gen.to(device, memory_format=mem_format)
@@ -409,6 +491,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
 
     # -- resume ------------------------------------------------------------------------------
     step, best = 0, None
+    resume_rng = None
     next_sample = 0  # the global sample index the next batch starts at
     resume_path = ckpt_lib.latest_checkpoint(ckpt_dir) if resume == "auto" else (Path(resume) if resume else None)
     if resume == "auto" and resume_path is None:
@@ -437,12 +520,12 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             else:
                 log.warning("%s has no degradation RNG state for %d process(es): reseeded", resume_path,
                             dinfo.world_size)
-        set_rng_state(state["rng"])
+        resume_rng = state["rng"]  # restored once the data loader below has drawn its seed
         if state.get("config_digest") != config_digest(cfg):
             log.info("the config differs from the one %s was trained with", resume_path.name)
-        if main:
-            truncate_metrics(run_dir / "metrics.jsonl", step)
         log.info("resumed from %s at step %d", resume_path, step)
+    if resume and main:  # also `--resume auto` without a checkpoint: records from before it are redone
+        truncate_metrics(run_dir / "metrics.jsonl", step)
 
     gen_train, disc_train = gen, disc  # what forward/backward go through (DDP wrappers if distributed)
     if dinfo.enabled:
@@ -474,12 +557,18 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                         num_workers=cfg.data.num_workers, drop_last=True,
                         persistent_workers=cfg.data.num_workers > 0)
     batches = iter(loader)
+    # Creating the iterator draws the loader's base seed from the global torch RNG (one int64, two
+    # 32-bit words). A straight run drew it before step 0, so the saved state already includes it:
+    # restoring first and drawing again would put every later checkpoint's RNG state two draws ahead.
+    if resume_rng is not None:
+        set_rng_state(resume_rng)
     sample_base, step_base = sampler.next_index * dinfo.world_size, step
 
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
-    tb = open_tensorboard(run_dir, lg.tensorboard) if main else None
+    # records are logged after their step, so the first one this process writes is step + 1
+    tb = open_tensorboard(run_dir, lg.tensorboard, purge_step=step + 1 if resume else None) if main else None
     health = GanHealth()
     if resume_path is not None and main:
         health.replay(run_dir / "metrics.jsonl")
@@ -697,7 +786,11 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             if not failed:
                 dist.barrier()
             dist.destroy_process_group()
-    return {"step": step, "best": best, "run_dir": str(run_dir)}
+    # A signal that came during the last step stopped nothing: that run is finished, not interrupted.
+    interrupted = stop.signum if stop.requested and step < t.total_steps else None
+    if dinfo.enabled and stop.requested and step < t.total_steps and interrupted is None:
+        interrupted = signal.SIGTERM  # another rank got the signal; this one stopped with it
+    return {"step": step, "best": best, "run_dir": str(run_dir), "interrupted": interrupted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,17 +891,43 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set losses.adversarial=5e-3 (repeatable)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="resume from the latest checkpoint in the run folder (auto) or a checkpoint file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run folder that already holds a run: deletes its checkpoints, "
+                        "metrics.jsonl, samples, TensorBoard logs and best.safetensors first")
 
 
 def run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of the log, from rank 0
+    run_dir, existed = None, True
     try:
         cfg = load_config(args.config, args.overrides)
         run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
-        summary = train(cfg, run_dir, resume=args.resume)
+        existed = Path(run_dir).exists()
+        summary = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     except ConfigError as e:
         log.error("%s", e)
+        # A setup error found after the folder was made (a device that is not there, a pretrained
+        # model of another architecture) leaves only config.toml: remove the folder we created.
+        if int(os.environ.get("RANK", "0")) == 0 and not existed and run_dir and Path(run_dir).is_dir():
+            if [p.name for p in Path(run_dir).iterdir()] == ["config.toml"]:
+                (Path(run_dir) / "config.toml").unlink()
+                Path(run_dir).rmdir()
         return 2
+    if summary["interrupted"] is not None:
+        signum = int(summary["interrupted"])
+        log.warning("interrupted by %s at step %d of %d; the checkpoint is saved. Resume with:\n  %s",
+                    signal.Signals(signum).name, summary["step"], cfg.train.total_steps,
+                    resume_command(args, run_dir))
+        return 128 + signum  # the shell's convention for a process ended by this signal: 130, 143
     log.info("finished at step %d; run folder %s", summary["step"], summary["run_dir"])
     return 0
+
+
+def resume_command(args: argparse.Namespace, run_dir: str) -> str:
+    """The command line that continues this run: the same config and overrides, --resume auto."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = ["superres"] if world <= 1 else ["torchrun", "--nproc-per-node", str(world), "-m", "superres"]
+    sets = [part for item in args.overrides for part in ("--set", item)]
+    return shlex.join([*launcher, "train", str(args.config), "--run-dir", str(run_dir), *sets,
+                       "--resume", "auto"])

@@ -113,3 +113,41 @@ def test_texture_loss_keys_are_checked():
         load_config(None, ["losses.texture=1", "losses.texture_patch=1"])
     with pytest.raises(ConfigError, match="losses.texture = -1.0 must be >= 0"):
         load_config(None, ["losses.texture=-1.0"])
+
+
+def test_paths_in_a_config_file_are_relative_to_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    (folder / "c.toml").write_text('[model]\npretrained = "../weights/stage1.safetensors"\n'
+                                   f'[data]\ntrain_dirs = ["../data/hr", "{tmp_path / "abs"}"]\n'
+                                   'val_dirs = ["val"]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config("../project/configs/c.toml", ['data.lr_dirs=["lr", "../lr2"]'])
+    assert cfg.data.train_dirs == [str(tmp_path / "project" / "data" / "hr"), str(tmp_path / "abs")]
+    assert cfg.data.val_dirs == [str(folder / "val")]
+    assert cfg.model.pretrained == str(tmp_path / "project" / "weights" / "stage1.safetensors")
+    # --set is a command-line value: relative to the working folder
+    assert cfg.data.lr_dirs == [str(elsewhere / "lr"), str(tmp_path / "lr2")]
+    assert cfg.losses.vgg_weights == ""  # unset stays unset
+    # the saved copy holds absolute paths, so it reads the same data from wherever it is loaded
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text(config_to_toml(cfg))
+    again = load_config(tmp_path / "run" / "config.toml")
+    assert again == cfg and config_digest(again) == config_digest(cfg)
+    raw = load_config("../project/configs/c.toml", resolve_paths=False)
+    assert raw.data.train_dirs == ["../data/hr", str(tmp_path / "abs")]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_point_at_the_shared_data_from_any_folder(path, tmp_path, monkeypatch):
+    data = path.parent.parent.parent / "shared" / "data"
+    if not data.is_dir():
+        pytest.skip(f"no shared data at {data}")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path)
+    for d in cfg.data.train_dirs + cfg.data.val_dirs:
+        assert Path(d).is_dir(), d
+    if cfg.model.pretrained:
+        assert Path(cfg.model.pretrained).parent.name in ("pretrained", "runs"), cfg.model.pretrained

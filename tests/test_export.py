@@ -192,6 +192,57 @@ def test_onnx_round_trip(run_dir, tmp_path):
     assert session.get_modelmeta().custom_metadata_map["arch"] == "msrresnet"
 
 
+KILL_DURING_ONNX = """
+import os, signal, sys
+import superres.export as E
+
+E._require_onnx_tools = lambda: None  # the kill comes first: the tools need not be installed
+
+def export_onnx_then_die(model, path, metadata=None):
+    with open(path, "wb") as f:
+        f.write(b"half an onnx file")
+    os.kill(os.getpid(), signal.SIGKILL)  # killed during the slow export and onnxruntime check
+
+E.export_onnx = export_onnx_then_die
+E.export_run(sys.argv[1], sys.argv[2], onnx_path=sys.argv[3])
+"""
+
+
+def test_export_with_onnx_writes_both_files_or_neither(run_dir, tmp_path, monkeypatch, caplog):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = run_dir[0]
+    out, onnx = tmp_path / "out" / "model.safetensors", tmp_path / "out" / "model.onnx"
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_ONNX, str(run), str(out), str(onnx)],
+                          env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists() and not onnx.exists()
+    assert len(list(out.parent.glob(".model.*.tmp"))) == 2  # a SIGKILL runs no cleanup
+
+    # a failed ONNX check: neither file, no temp left (the killed run's are named and removed), and
+    # an earlier export stays as it was
+    import superres.export as export_mod
+
+    save_weights(out, _tiny(7))
+    before = out.read_bytes()
+
+    def failing_check(model, path, metadata=None):
+        raise ExportError("ONNX output differs from PyTorch")
+
+    monkeypatch.setattr(export_mod, "_require_onnx_tools", lambda: None)
+    monkeypatch.setattr(export_mod, "export_onnx", failing_check)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_run(run, out, onnx_path=onnx)
+    assert out.read_bytes() == before and not onnx.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.safetensors"]
+    assert "an earlier export to " + str(onnx) + " was interrupted" in caplog.text
+    assert "model.onnx was never written" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------
 # interpolation
 

@@ -15,7 +15,7 @@ from PIL import Image
 import superres.train as train_mod
 from superres import checkpoint as ckpt_lib
 from superres.archs import build_generator
-from superres.config import ConfigError, load_config, save_config
+from superres.config import ConfigError, config_to_toml, load_config, save_config
 from superres.train import GanHealth, save_samples, train
 from superres.weights import save_weights
 
@@ -120,9 +120,88 @@ def test_gan_with_vgg128_and_perceptual(tmp_path):
 
 def test_missing_vgg_file_fails_before_training(images, tmp_path):
     cfg = tiny(images, "losses.perceptual=1.0", "losses.vgg_weights=nowhere/vgg19.pth")
-    with pytest.raises(ConfigError, match="nowhere/vgg19.pth.*none is downloaded"):
+    with pytest.raises(ConfigError, match="nowhere/vgg19.pth is not a file.*none is downloaded"):
         train(cfg, tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()
+
+
+def cli_train(*argv: str) -> int:
+    """`superres train ARGV` in this process (the exit code); logs go to caplog."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train_mod.add_train_arguments(parser)
+    return train_mod.run_train(parser.parse_args(list(argv)))
+
+
+def test_missing_inputs_are_one_clear_error_and_no_run_folder(images, tmp_path, caplog):
+    cfg = tiny(images, "train.total_steps=1")
+    cfg.data.train_dirs = [str(images), str(tmp_path / "no-such-folder"), str(tmp_path)]  # tmp_path: no images
+    cfg.data.val_dirs = [str(tmp_path / "Set5")]
+    cfg.model.pretrained = str(tmp_path / "stage1.safetensors")
+    save_config(cfg, tmp_path / "cfg.toml")
+    assert cli_train(str(tmp_path / "cfg.toml"), "--run-dir", str(tmp_path / "run")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    for wanted in (f"data.train_dirs: {tmp_path / 'no-such-folder'} is not a folder",
+                   f"data.train_dirs: {tmp_path} holds no images", f"data.val_dirs: {tmp_path / 'Set5'}",
+                   f"model.pretrained: {tmp_path / 'stage1.safetensors'} is not a file",
+                   "relative to that file's folder"):
+        assert wanted in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_paths_resolve_against_the_config_folder_from_anywhere(tmp_path, monkeypatch):
+    """The defect: run from another folder, the config's data paths resolved against the working
+    folder and the run crashed with a traceback."""
+    make_images(tmp_path / "project" / "data" / "hr")
+    (tmp_path / "project" / "configs").mkdir()
+    cfg = tiny(tmp_path / "project" / "data" / "hr", "train.total_steps=1")
+    cfg.data.train_dirs = ["../data/hr"]
+    (tmp_path / "project" / "configs" / "c.toml").write_text(config_to_toml(cfg))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli_train("../project/configs/c.toml", "--run-dir", "run") == 0
+    saved = load_config(tmp_path / "elsewhere" / "run" / "config.toml")
+    assert saved.data.train_dirs == [str(tmp_path / "project" / "data" / "hr")]
+
+
+def test_setup_error_after_the_folder_is_made_leaves_no_folder(images, tmp_path):
+    torch.manual_seed(5)
+    save_weights(tmp_path / "wide.safetensors", build_generator("msrresnet", upscale=4, num_feat=16, num_block=1))
+    cfg = tiny(images, "train.total_steps=1", f"model.pretrained={json.dumps(str(tmp_path / 'wide.safetensors'))}")
+    save_config(cfg, tmp_path / "cfg.toml")
+    assert cli_train(str(tmp_path / "cfg.toml"), "--run-dir", str(tmp_path / "run")) == 2  # num_feat differs
+    assert not (tmp_path / "run").exists()
+
+
+def test_rerun_into_a_run_folder_needs_resume_or_overwrite(images, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny(images, "train.total_steps=4", "log.ckpt_every=2", "log.keep_last=5"), run)
+    before = (run / "metrics.jsonl").read_text()
+    cfg = tiny(images, "train.total_steps=3")
+    refused = r"already holds a run .*latest checkpoint is step 4.*--resume auto.*--overwrite"
+    with pytest.raises(ConfigError, match=refused):
+        train(cfg, run)
+    assert (run / "metrics.jsonl").read_text() == before
+    assert [p.name for p in ckpt_lib.list_checkpoints(run / "checkpoints")] == ["ckpt_00000002.pt", "ckpt_00000004.pt"]
+    with pytest.raises(ConfigError, match="give one"):
+        train(cfg, run, resume="auto", overwrite=True)
+    (run / "notes.txt").write_text("mine")
+    train(cfg, run, overwrite=True)
+    assert [r["step"] for r in records(run)] == [1, 2, 3]
+    assert [p.name for p in ckpt_lib.list_checkpoints(run / "checkpoints")] == ["ckpt_00000003.pt"]
+    assert (run / "notes.txt").read_text() == "mine"  # only what train writes is deleted
+    # a folder with only config.toml (a run that failed in setup) is not a run worth refusing for
+    empty = tmp_path / "failed-setup"
+    empty.mkdir()
+    save_config(cfg, empty / "config.toml")
+    train(cfg, empty)
+    assert cli_train(str(empty / "config.toml"), "--run-dir", str(run)) == 2
+    assert "already holds a run" in caplog.text
+    assert cli_train(str(empty / "config.toml"), "--run-dir", str(run), "--resume",
+                     str(tmp_path / "nope.pt")) == 2
+    assert "--resume " + str(tmp_path / "nope.pt") + ": no such checkpoint file" in caplog.text
 
 
 def test_d_warmup_and_update_ratio(images, tmp_path):
@@ -247,6 +326,54 @@ def test_sigkill_and_resume_is_bitwise_identical(images, tmp_path):
     for opt in ("opt_g", "opt_d"):
         for i, s in a[opt]["state"].items():
             assert torch.equal(s["exp_avg_sq"], b[opt]["state"][i]["exp_avg_sq"])
+    # the checkpoint itself is the same file: a second resume from it must not drift either
+    for part in ("torch", "numpy", "python"):
+        assert torch.equal(torch.as_tensor(a["rng"][part]), torch.as_tensor(b["rng"][part])), f"rng.{part} differs"
+    assert a["rng"]["numpy_pos"] == b["rng"]["numpy_pos"]
+
+
+SIGNAL_SCRIPT = """
+import os, signal, sys
+import superres.train as T
+from superres.cli import main
+
+calls = 0
+real_ema_update = T.ema_update
+
+def ema_update_then_signal(*args, **kwargs):
+    global calls
+    real_ema_update(*args, **kwargs)
+    calls += 1
+    if calls == 3:
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as `kill` or Ctrl-C would, mid-step 3
+
+T.ema_update = ema_update_then_signal
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_saves_says_interrupted_and_exits_non_zero(images, tmp_path, signame, code):
+    cfg = tiny(images, "train.total_steps=5")
+    save_config(cfg, tmp_path / "cfg.toml")
+    run = tmp_path / "run"
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, signame, "train", str(tmp_path / "cfg.toml"),
+                           "--run-dir", str(run), "--set", "log.log_every=1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert f"interrupted by {signame} at step 3 of 5" in proc.stderr
+    assert "finished" not in proc.stderr
+    assert ckpt_lib.latest_checkpoint(run / "checkpoints").name == "ckpt_00000003.pt"
+    # the printed command, run as it is, finishes the run
+    command = proc.stderr.split("Resume with:\n")[1].splitlines()[0].split()
+    assert command[:2] == ["superres", "train"] and command[-2:] == ["--resume", "auto"]
+    assert ["--set", "log.log_every=1"] == command[command.index("--set"):command.index("--set") + 2]
+    done = subprocess.run([sys.executable, "-m", "superres", *command[1:]], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "finished at step 5" in done.stderr
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5]
 
 
 def test_resume_explicit_path(images, tmp_path):
@@ -370,6 +497,39 @@ def test_tensorboard_when_installed(images, tmp_path):
     pytest.importorskip("tensorboard")
     train(tiny(images, "train.total_steps=1", "log.tensorboard=true"), tmp_path / "run")
     assert list((tmp_path / "run" / "tb").glob("events.*"))
+
+
+def tensorboard_scalar_steps(tb_dir: Path) -> dict[str, list[int]]:
+    """Each scalar tag's steps as TensorBoard shows them: event files in name (= time) order, and a
+    SessionLog.START at step N (SummaryWriter's purge_step) hides the earlier events at steps >= N."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    seen: list[tuple[str, int]] = []
+    for path in sorted(tb_dir.glob("events.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                seen = [(tag, step) for tag, step in seen if step < event.step]
+            for value in event.summary.value:
+                seen.append((value.tag, event.step))
+    steps: dict[str, list[int]] = {}
+    for tag, step in seen:
+        steps.setdefault(tag, []).append(step)
+    return steps
+
+
+def test_resume_logs_each_step_once(images, tmp_path):
+    """Resuming at step 2 of a 4-step run redoes steps 3-4: TensorBoard and metrics.jsonl must show
+    them once, with the resumed run's values."""
+    pytest.importorskip("tensorboard")
+    cfg = tiny(images, "train.total_steps=4", "log.ckpt_every=2", "log.keep_last=5", "log.tensorboard=true")
+    run = tmp_path / "run"
+    train(cfg, run)
+    train(cfg, run, resume=str(run / "checkpoints" / "ckpt_00000002.pt"))
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+    steps = tensorboard_scalar_steps(run / "tb")
+    assert steps["train/l_pix"] == [1, 2, 3, 4]
+    assert all(sorted(set(s)) == s for s in steps.values()), steps
 
 
 def test_texture_loss_trains_without_a_discriminator(images, tmp_path):

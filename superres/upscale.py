@@ -476,6 +476,8 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     from .video import add_video_arguments
     add_video_arguments(p)
+    from .cluster import add_cluster_arguments
+    add_cluster_arguments(p)
 
 
 # the output, checked before the model is loaded ------------------------------------------------
@@ -624,6 +626,34 @@ def upscale_file(up: "Upscaler", src: Path, dst: Path, args: argparse.Namespace,
     return entry
 
 
+def _run_on_ray(args: argparse.Namespace, plan: list[tuple[Path, Path]], fmt: str | None,
+                input_paths: set[Path], errors: list[str]) -> int:
+    """The same files as the local loop, on a Ray actor pool (superres.cluster)."""
+    try:
+        import ray  # noqa: F401
+    except ModuleNotFoundError:
+        log.error("--ray needs Ray: pip install -c constraints.txt -e '.[cluster]'")
+        return 2
+    if args.workers is not None and args.workers < 1 or args.gpus_per_worker < 0:
+        log.error("--workers %s / --gpus-per-worker %s: give at least 1 worker and a GPU share >= 0",
+                  args.workers, args.gpus_per_worker)
+        return 2
+    try:
+        resolve_model_path(args.model)   # a bad --model is a usage error here, not on every worker
+    except ModelNotFound as e:
+        log.error("%s", e)
+        return 2
+    from .cluster import run_on_ray
+    report = [{"input": e.split(": ")[0], "status": "error", "error": e} for e in errors]
+    try:
+        report += run_on_ray(args, plan, fmt, input_paths)
+    except KeyboardInterrupt:
+        log.error("interrupted; finished outputs are kept: run the same command again to do the rest")
+        return 130
+    failed = sum(e["status"] == "error" for e in report)
+    return _finish(args, report, failed, None, 0)
+
+
 def run_upscale(args: argparse.Namespace) -> int:
     from .video import is_video
     if len(args.inputs) == 1 and is_video(args.inputs[0]) and Path(args.inputs[0]).is_file():
@@ -649,6 +679,9 @@ def run_upscale(args: argparse.Namespace) -> int:
         removed = remove_stale_temp_files(folder, names)
         if removed:
             log.info("removed %d temp file(s) left in %s by an interrupted run", len(removed), folder)
+    input_paths = {f.resolve() for f, _ in items}
+    if args.ray:
+        return _run_on_ray(args, [(src, dst) for src, _, dst in plan], fmt, input_paths, errors)
     try:
         up = Upscaler.from_pretrained(args.model, strength=args.strength, device=args.device,
                                       precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap)
@@ -657,7 +690,6 @@ def run_upscale(args: argparse.Namespace) -> int:
         return 2
     log.info("model %s (%s x%d) on %s, %s", up.name, up.info.get("arch"), up.scale, up.device,
              runtime.precision_name(up.amp_dtype))
-    input_paths = {f.resolve() for f, _ in items}
     report: list[dict[str, Any]] = [{"input": e.split(": ")[0], "status": "error", "error": e} for e in errors]
     failed = len(errors)
     interrupted: int | None = None
@@ -681,6 +713,12 @@ def run_upscale(args: argparse.Namespace) -> int:
         Image.MAX_IMAGE_PIXELS = saved_pil_limit
         if main_thread:
             signal.signal(signal.SIGTERM, saved_sigterm)
+    return _finish(args, report, failed, interrupted, len(plan) - len(report) + len(errors))
+
+
+def _finish(args: argparse.Namespace, report: list[dict[str, Any]], failed: int, interrupted: int | None,
+            not_done: int) -> int:
+    """Write --report, log the summary line, return the exit code (local and Ray runs alike)."""
     if args.report:
         from .weights import atomic_write_bytes
 
@@ -690,7 +728,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     n_ok = sum(e.get("status") == "ok" for e in report)
     n_skipped = sum(e.get("status") == "skipped" for e in report)
     log.info("%d written, %d skipped (output exists), %d failed%s", n_ok, n_skipped, failed,
-             "" if interrupted is None else f", {len(plan) - len(report) + len(errors)} not done")
+             "" if interrupted is None else f", {not_done} not done")
     if interrupted is not None:
         log.error("interrupted by %s; no partial file was left. Run the same command again to do the "
                   "rest (existing outputs are skipped)", "Ctrl-C" if interrupted == 130 else "SIGTERM")

@@ -282,13 +282,13 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{dotted} = {value!r} is not allowed; allowed values: {list(allowed)}")
-    from .archs import GENERATOR_SCALES, GENERATORS
+    from .archs import GENERATORS
 
     if cfg.model.arch not in GENERATORS:
         raise ConfigError(f"model.arch = {cfg.model.arch!r}; allowed values: {sorted(GENERATORS)}")
-    if cfg.model.scale not in GENERATOR_SCALES[cfg.model.arch]:
+    if cfg.model.scale not in GENERATORS[cfg.model.arch].scales:
         raise ConfigError(f"model.scale = {cfg.model.scale} is not supported by {cfg.model.arch}; "
-                          f"allowed values: {list(GENERATOR_SCALES[cfg.model.arch])}")
+                          f"allowed values: {list(GENERATORS[cfg.model.arch].scales)}")
     if "upscale" in cfg.model.hparams:
         raise ConfigError("model.hparams.upscale: set model.scale instead")
     if cfg.data.hr_patch % cfg.model.scale:

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from superres.archs import GENERATOR_SCALES, GENERATORS, build_generator
-from superres.weights import (WeightsError, convert_old_esrgan_keys, detect_arch, load_generator,
-                              read_state_dict, save_weights)
+from superres.archs import GENERATORS, build_generator
+from superres.archs.rrdbnet import convert_esrgan_trunk
+from superres.weights import WeightsError, detect_arch, load_generator, read_state_dict, save_weights
 
 TINY = {"msrresnet": dict(num_feat=8, num_block=2), "rrdbnet": dict(num_feat=8, num_block=1, num_grow_ch=4),
         "compact": dict(num_feat=8, num_conv=2)}
 
 
-@pytest.mark.parametrize("arch,scale", [(a, s) for a in GENERATORS for s in GENERATOR_SCALES[a]])
+@pytest.mark.parametrize("arch,scale", [(a, s) for a in GENERATORS for s in GENERATORS[a].scales])
 def test_every_arch_and_scale_upscales_by_its_factor(arch, scale):
     model = build_generator(arch, upscale=scale, **TINY[arch]).eval()
     assert model.hparams["upscale"] == scale and model.hparams["num_feat"] == 8
@@ -26,7 +26,7 @@ def test_every_arch_and_scale_upscales_by_its_factor(arch, scale):
 
 def test_hyperparameters_are_keyword_only():
     with pytest.raises(TypeError):
-        GENERATORS["msrresnet"](3, 3, 64)   # noqa: the positional call must fail
+        GENERATORS["msrresnet"].cls(3, 3, 64)   # noqa: the positional call must fail
 
 
 def _public_rrdbnet_x4(num_feat=8, num_block=2, grow=4):
@@ -96,7 +96,7 @@ def test_old_esrgan_names_are_converted():
         k2 = k.replace("body.0.rdb", "RRDB_trunk.0.RDB").replace("conv_body", "trunk_conv")
         k2 = k2.replace("conv_up1", "upconv1").replace("conv_up2", "upconv2").replace("conv_hr", "HRconv")
         old[k2] = v
-    assert set(convert_old_esrgan_keys(old)) == set(sd)
+    assert set(convert_esrgan_trunk(old)) == set(sd)
 
 
 def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):

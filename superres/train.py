@@ -72,6 +72,12 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"train.precision: {e}") from None
 
 
+# optim.schedule values, each a branch of lr_lambda below
+LR_SCHEDULES = ("cosine", "multistep", "constant")
+# Metrics validate() computes, hence the ones log.best_metric may pick
+VALIDATION_METRICS = ("psnr", "ssim", "niqe")
+
+
 def lr_lambda(cfg: Config):
     """Multiplier on the base learning rate at a given step (the same shape for G and D)."""
     o, total = cfg.optim, cfg.train.total_steps

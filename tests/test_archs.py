@@ -124,15 +124,16 @@ def test_unknown_weights_say_what_was_found(tmp_path):
         load_generator(path)
 
 
-def test_pth_is_loaded_without_unpickling_code(tmp_path):
+def test_pth_is_loaded_without_unpickling_code(tmp_path, capsys):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
 
     path = tmp_path / "evil.pth"
     torch.save({"params": Evil()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(WeightsError, match=r"(?s)weights_only=True.*GLOBAL print.*Only plain tensor checkpoints"):
         read_state_dict(path)
+    assert "pwned" not in capsys.readouterr().out
 
 
 def test_one_pixel_image_upscales(tmp_path):

@@ -242,9 +242,7 @@ class Upscaler:
             try:
                 return tiled_upscale(pixels, forward, scale=self.scale, tile=tile, overlap=self.tile_overlap,
                                      multiple=self.multiple, on_tile=on_tile)
-            except torch.cuda.OutOfMemoryError:
-                if self.device.type != "cuda":
-                    raise
+            except torch.cuda.OutOfMemoryError:   # only CUDA raises this type
                 torch.cuda.empty_cache()
                 side = tile if tile > 0 else max(pixels.shape[:2])
                 if side <= 32:

@@ -12,8 +12,8 @@ from .archs import build_generator  # noqa: E402
 
 
 def load_model(name_or_path=None, **kwargs):
-    """Load a shipped model by name (e.g. "psnr-x4") or a weights file; see superres.upscale.Upscaler."""
-    from .upscale import Upscaler
+    """Load a shipped model by name (e.g. "psnr-x4") or a weights file; see superres.inference.Upscaler."""
+    from .inference import Upscaler
 
     return Upscaler.from_pretrained(name_or_path, **kwargs)
 

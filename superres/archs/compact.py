@@ -88,7 +88,7 @@ def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
     why = (f"the last conv has {last_out} outputs: "
            + " or ".join(f"upscale={s} with {c}-channel output" for s, c in fits))
     return {**hp, "upscale": Ambiguous(tuple(s for s, _ in fits), why),
-            "num_out_ch": Ambiguous(tuple(c for _, c in fits), why)}
+            "num_out_ch": Ambiguous(tuple(c for _, c in fits), why, follows="upscale")}
 
 
 SPEC = GeneratorSpec(name="compact", cls=SRVGGNetCompact, scales=SCALES, input_multiple=lambda scale: 1,

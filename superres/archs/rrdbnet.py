@@ -123,7 +123,7 @@ def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
     why = (f"conv_first has {first_in} input channels: "
            + " or ".join(f"upscale={s} with {c}-channel input" for s, c in fits))
     return {**hp, "upscale": Ambiguous(tuple(s for s, _ in fits), why),
-            "num_in_ch": Ambiguous(tuple(c for _, c in fits), why)}
+            "num_in_ch": Ambiguous(tuple(c for _, c in fits), why, follows="upscale")}
 
 
 def convert_esrgan_trunk(state: StateDict) -> StateDict | None:

@@ -32,6 +32,9 @@ class Ambiguous:
     """
     choices: tuple[Any, ...]
     why: str
+    # set when this value follows from another key (RRDBNet's num_in_ch from upscale): passing that
+    # one is enough, so errors ask only for it
+    follows: str | None = None
 
 
 # A conversion takes a state dict and returns it in the architecture's own key names, or None when
@@ -46,8 +49,9 @@ class GeneratorSpec:
     scales: tuple[int, ...]
     # Input sides must be a multiple of input_multiple(scale) (pixel-unshuffle nets); callers pad.
     input_multiple: Callable[[int], int]
-    # Hyperparameters from the arch's own key names and shapes; None when the keys are not this arch.
-    detect: Callable[[StateDict], "Hparams | None"]
+    # detect(state, given) -> hyperparameters from the arch's own key names and shapes (values the
+    # keys cannot tell are Ambiguous unless `given` has them); None when the keys are not this arch.
+    detect: Callable[[StateDict, "Hparams | None"], "Hparams | None"]
     # Community key layouts this arch accepts, by name; each maps to our key names exactly, so the
     # converted state dict loads with strict=True.
     conversions: dict[str, Conversion] = field(default_factory=dict)

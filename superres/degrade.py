@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config, ConfigError, DegradeConfig
+from .config import ConfigError, DegradeConfig
 
 __all__ = ["imresize", "bicubic_weights", "degrade_bicubic", "RealisticDegrader", "make_generator",
            "gaussian_kernel", "sinc_kernel", "filter2d", "resize", "add_gaussian_noise",

@@ -20,11 +20,9 @@ import torch
 from torch import nn
 
 from .archs import GENERATORS, Ambiguous, arch_name_of, build_generator
+from .archs.spec import Hparams, StateDict
 
 log = logging.getLogger(__name__)
-
-StateDict = dict[str, torch.Tensor]
-Hparams = dict[str, Any]
 
 
 class WeightsError(ValueError):

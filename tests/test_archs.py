@@ -25,6 +25,15 @@ def test_every_arch_and_scale_upscales_by_its_factor(arch, scale):
     assert y.shape == (2, 3, 12 * scale, 16 * scale)
 
 
+def test_compact_refuses_channel_counts_its_input_skip_cannot_add():
+    with pytest.raises(ValueError, match=r"compact: num_in_ch=3 with num_out_ch=1; the input skip needs "
+                                         r"num_in_ch == num_out_ch or num_in_ch == 1"):
+        build_generator("compact", upscale=2, num_in_ch=3, num_out_ch=1, **TINY["compact"])
+    gray_to_rgb = build_generator("compact", upscale=2, num_in_ch=1, num_out_ch=3, **TINY["compact"])
+    with torch.no_grad():
+        assert gray_to_rgb(torch.rand(1, 1, 5, 6)).shape == (1, 3, 10, 12)
+
+
 def test_hyperparameters_are_keyword_only():
     with pytest.raises(TypeError):
         GENERATORS["msrresnet"].cls(3, 3, 64)   # noqa: the positional call must fail

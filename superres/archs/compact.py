@@ -30,6 +30,11 @@ class SRVGGNetCompact(nn.Module):
         SPEC.check_scale(upscale)
         if act_type not in _ACTS:
             raise ValueError(f"compact: act_type={act_type!r}; allowed values: {list(_ACTS)}")
+        if num_in_ch != num_out_ch and num_in_ch != 1:
+            # the output adds the nearest-upsampled input, which only fits (or broadcasts from one
+            # channel to) num_out_ch channels: 3 -> 1 would silently return 3 channels
+            raise ValueError(f"compact: num_in_ch={num_in_ch} with num_out_ch={num_out_ch}; the input skip "
+                             "needs num_in_ch == num_out_ch or num_in_ch == 1")
         self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
                             num_conv=num_conv, upscale=upscale, act_type=act_type)
         self.upscale = upscale

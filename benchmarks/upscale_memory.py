@@ -52,12 +52,13 @@ def child(width: int, height: int, tile: int | None) -> None:
     img = np.clip(base + rng.normal(0, 20, base.shape).astype(np.float32), 0, 255).astype(np.uint8)
     del base
     before = _rss_now_mib()
+    tile_used = up.tile_size()   # the automatic size depends on free memory just before the call
     t0 = time.perf_counter()
     out = up.upscale_pixels(img)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
     print(json.dumps({"peak_rss_mib": peak, "rss_before_upscale_mib": before, "seconds": seconds,
-                      "tile": up.last_tile_size, "precision": str(up.amp_dtype),
+                      "tile": tile_used, "precision": str(up.amp_dtype),
                       "threads": torch.get_num_threads(), "out_shape": list(out.shape),
                       "out_dtype": str(out.dtype)}))
 

@@ -19,8 +19,8 @@ def build_generator(name, **hparams):
 
 
 def load_model(name_or_path=None, **kwargs):
-    """Load a shipped model by name (e.g. "psnr-x4") or a weights file; see superres.upscale.Upscaler."""
-    from .upscale import Upscaler
+    """Load a shipped model by name (e.g. "psnr-x4") or a weights file; see superres.inference.Upscaler."""
+    from .inference import Upscaler
 
     return Upscaler.from_pretrained(name_or_path, **kwargs)
 

@@ -181,17 +181,23 @@ class Config:
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
 
-# Values with a closed set of choices; validate() checks them. Other modules extend these sets
-# when they add an option (a new GAN loss, a new degradation) so errors list what really exists.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "losses.pixel": ("l1", "mse", "charbonnier"),
-    "losses.gan_type": ("vanilla", "lsgan", "hinge", "ragan"),
-    "optim.schedule": ("cosine", "multistep", "constant"),
-    "train.device": ("auto", "cpu", "cuda", "mps"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "log.best_metric": ("psnr", "ssim", "niqe"),
-    "data.degradation": ("bicubic", "realistic"),
-}
+def allowed_choices() -> dict[str, tuple[str, ...]]:
+    """Every key with a closed set of values -> the values, read from the module that implements
+    them, so an error lists what really exists and nothing has to register itself beforehand."""
+    from . import runtime
+    from .data import PatchDataset
+    from .losses import GAN_LOSSES, PIXEL_LOSSES
+    from .train import LR_SCHEDULES, VALIDATION_METRICS
+
+    return {
+        "losses.pixel": PIXEL_LOSSES,
+        "losses.gan_type": tuple(GAN_LOSSES),
+        "optim.schedule": LR_SCHEDULES,
+        "train.device": runtime.DEVICES,
+        "train.precision": runtime.PRECISIONS,
+        "log.best_metric": VALIDATION_METRICS,
+        "data.degradation": PatchDataset.DEGRADATIONS,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,31 +323,46 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def validate(cfg: Config) -> None:
-    for dotted, allowed in CHOICES.items():
+    """Every section's checks, in this order; the first failure raises a ConfigError naming the key.
+
+    The list is explicit (no module registers checks at import), so the result never depends on
+    what happens to have been imported.
+    """
+    from .degrade import check_degrade_config
+
+    _check_choices(cfg)
+    _check_model(cfg)
+    _check_data(cfg)
+    _check_train(cfg)
+    _check_losses(cfg)
+    _check_discriminator(cfg)
+    check_degrade_config(cfg.degrade)
+
+
+def _check_choices(cfg: Config) -> None:
+    for dotted, allowed in allowed_choices().items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{dotted} = {value!r} is not allowed; allowed values: {list(allowed)}")
-    from .archs import GENERATOR_SCALES, GENERATORS
+
+
+def _check_model(cfg: Config) -> None:
+    from .archs import GENERATORS
 
     if cfg.model.arch not in GENERATORS:
         raise ConfigError(f"model.arch = {cfg.model.arch!r}; allowed values: {sorted(GENERATORS)}")
-    if cfg.model.scale not in GENERATOR_SCALES[cfg.model.arch]:
+    if cfg.model.scale not in GENERATORS[cfg.model.arch].scales:
         raise ConfigError(f"model.scale = {cfg.model.scale} is not supported by {cfg.model.arch}; "
-                          f"allowed values: {list(GENERATOR_SCALES[cfg.model.arch])}")
+                          f"allowed values: {list(GENERATORS[cfg.model.arch].scales)}")
     if "upscale" in cfg.model.hparams:
         raise ConfigError("model.hparams.upscale: set model.scale instead")
+
+
+def _check_data(cfg: Config) -> None:
     if cfg.data.hr_patch % cfg.model.scale:
         raise ConfigError(f"data.hr_patch = {cfg.data.hr_patch} must be a multiple of model.scale "
                           f"= {cfg.model.scale}")
-    positive = {"data.batch_size": cfg.data.batch_size, "data.hr_patch": cfg.data.hr_patch,
-                "train.total_steps": cfg.train.total_steps, "optim.lr_g": cfg.optim.lr_g,
-                "train.d_steps_per_g": cfg.train.d_steps_per_g}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} = {value} must be > 0")
-    if not 0.0 <= cfg.train.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay = {cfg.train.ema_decay} must be in [0, 1)")
     if cfg.data.holdout < 0 or cfg.data.holdout == 1:
         raise ConfigError(f"data.holdout = {cfg.data.holdout}: allowed values are 0 (no holdout) or "
                           "an integer N >= 2 (every N-th image of each training folder is held out)")
@@ -350,12 +371,17 @@ def validate(cfg: Config) -> None:
     if cfg.data.lr_dirs and len(cfg.data.lr_dirs) != len(cfg.data.train_dirs):
         raise ConfigError(f"data.lr_dirs has {len(cfg.data.lr_dirs)} entries but data.train_dirs has "
                           f"{len(cfg.data.train_dirs)}: give one LR folder per HR folder")
-    for hook in VALIDATORS:
-        hook(cfg)
 
 
-# Extra checks other modules register (e.g. the discriminator's input size against hr_patch).
-VALIDATORS: list[typing.Callable[[Config], None]] = []
+def _check_train(cfg: Config) -> None:
+    positive = {"data.batch_size": cfg.data.batch_size, "data.hr_patch": cfg.data.hr_patch,
+                "train.total_steps": cfg.train.total_steps, "optim.lr_g": cfg.optim.lr_g,
+                "train.d_steps_per_g": cfg.train.d_steps_per_g}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} = {value} must be > 0")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay = {cfg.train.ema_decay} must be in [0, 1)")
 
 
 def uses_discriminator(cfg: Config) -> bool:
@@ -421,9 +447,6 @@ def _check_discriminator(cfg: Config) -> None:
                           f"{cfg.disc.arch!r}: {why}. Change data.hr_patch or disc.arch")
     if cfg.optim.lr_d <= 0:
         raise ConfigError(f"optim.lr_d = {cfg.optim.lr_d} must be > 0")
-
-
-VALIDATORS += [_check_losses, _check_discriminator]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import VALIDATORS, Config, ConfigError, DegradeConfig
+from .config import ConfigError, DegradeConfig
 
 __all__ = ["imresize", "bicubic_weights", "degrade_bicubic", "RealisticDegrader", "make_generator",
            "gaussian_kernel", "sinc_kernel", "filter2d", "resize", "add_gaussian_noise",
@@ -416,9 +416,6 @@ def check_degrade_config(d: DegradeConfig) -> None:
             fail("resize_range" + sfx, "expected [low, high] with 0 < low <= 1 <= high")
     check_prob("second_blur_prob")
     check_prob("final_sinc_prob")
-
-
-VALIDATORS.append(lambda cfg: check_degrade_config(cfg.degrade))
 
 
 @dataclass

@@ -34,7 +34,7 @@ from . import __version__
 from .archs import build_generator
 from .checkpoint import latest_checkpoint, load_train_state
 from .config import Config, ConfigError, config_digest, load_config
-from .weights import (StateDict, WeightsError, atomic_write_bytes, detect_arch, load_generator,
+from .weights import (StateDict, WeightsError, atomic_write_bytes, identify_generator, load_generator,
                       save_weights)
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _build_from_state(state: StateDict, cfg: Config | None, where: Path) -> tupl
     if cfg is not None:
         arch, hparams = cfg.model.arch, {**cfg.model.hparams, "upscale": cfg.model.scale}
     else:
-        arch, hparams = detect_arch(state)
+        arch, hparams, state = identify_generator(state, where=str(where))
         log.info("%s: no config.toml two levels up; architecture detected from the weights: %s %s",
                  where, arch, hparams)
     model = build_generator(arch, **hparams)

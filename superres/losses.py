@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # pixel losses
 
 CHARBONNIER_EPS2 = 1e-6
+PIXEL_LOSSES = ("l1", "mse", "charbonnier")
 
 
 def pixel_loss(kind: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,7 @@ def pixel_loss(kind: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         return ((sr - hr) ** 2).mean()
     if kind == "charbonnier":
         return torch.sqrt((sr - hr) ** 2 + CHARBONNIER_EPS2).mean()
-    raise ValueError(f"unknown pixel loss {kind!r}; allowed values: ['l1', 'mse', 'charbonnier']")
+    raise ValueError(f"unknown pixel loss {kind!r}; allowed values: {list(PIXEL_LOSSES)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,12 +115,12 @@ _ARCH_NOTES = {
 
 
 def _print_loadable() -> None:
-    from .archs import GENERATOR_SCALES, GENERATORS
+    from .archs import GENERATORS
 
     print()
     print("--model PATH also loads these architectures from a weights file:")
-    rows = [(name, "x" + ",".join(map(str, GENERATOR_SCALES.get(name, ()))), _ARCH_NOTES.get(name, ""))
-            for name in GENERATORS]
+    rows = [(name, "x" + ",".join(map(str, spec.scales)), _ARCH_NOTES.get(name, ""))
+            for name, spec in GENERATORS.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     for r in rows:
         print(f"  {r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip())

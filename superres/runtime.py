@@ -13,6 +13,10 @@ from ._lazy import lazy_module
 
 torch = lazy_module("torch")   # the option lists below are needed by --help, which must not import torch
 
+# Inference defaults the command line shows in --help (inference.py uses the same objects).
+ALPHA_MODES = ("model", "bicubic")
+DEFAULT_OVERLAP = 16     # LR pixels; >= half the receptive field that matters for our generators
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -73,6 +73,12 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"train.precision: {e}") from None
 
 
+# optim.schedule values, each a branch of lr_lambda below
+LR_SCHEDULES = ("cosine", "multistep", "constant")
+# Metrics validate() computes, hence the ones log.best_metric may pick
+VALIDATION_METRICS = ("psnr", "ssim", "niqe")
+
+
 def lr_lambda(cfg: Config):
     """Multiplier on the base learning rate at a given step (the same shape for G and D)."""
     o, total = cfg.optim, cfg.train.total_steps
@@ -857,6 +863,7 @@ def save_samples(model: nn.Module, hr_dir: Path, scale: int, count: int, out_dir
 
     from .data import list_images, load_rgb_uint8, to_tensor
     from .degrade import imresize
+    from .inference import tensor_to_uint8, upscale_tensor
 
     was_training = model.training
     model.eval()
@@ -868,8 +875,7 @@ def save_samples(model: nn.Module, hr_dir: Path, scale: int, count: int, out_dir
         top, left = (hr.shape[0] - side) // 2, (hr.shape[1] - side) // 2
         hr = hr[top:top + side, left:left + side]
         lr = imresize(hr, 1 / scale)
-        sr = model(to_tensor(lr)[None].to(device)).float().clamp_(0, 1)[0]
-        sr = (sr.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        sr = tensor_to_uint8(upscale_tensor(model, to_tensor(lr)[None].to(device)))
         lr_big = lr.repeat(scale, axis=0).repeat(scale, axis=1)
         strip = np.concatenate([lr_big, sr, hr], axis=1)
         dest = out_dir / f"step{step:08d}_{path.stem}.png"

@@ -1,12 +1,13 @@
-"""Inference: `Upscaler` (the Python API, reusable from a server or a video loop) and `superres upscale`.
+"""`superres upscale`: the file job around the inference core (inference.py).
 
     superres upscale photo.jpg -o photo_x4.png
     superres upscale photos/ -o out/ --recursive --model psnr-x4 --tile 256 --report report.json
 
-An Upscaler owns one generator on one device. `upscale_pixels` is the core: a (H, W, C) array in,
-the upscaled array out, tile by tile (see tiling.py), so the whole image and the result stay in host
-memory and only one tile at a time visits the device. Everything else (alpha, grayscale, resizing to
-an arbitrary output size, PIL / numpy / tensor in and out, files) is wrapped around it.
+Inputs (files, folders, globs) -> output paths -> `upscale_file` (read, checks,
+`Upscaler.upscale_image`, atomic write, report entry) for each, locally or on Ray (cluster.py);
+one video input goes to video.py. `Upscaler`, `auto_tile_size` and `output_size` live in
+inference.py and are re-exported here (imported on first access, so `superres upscale --help` and
+option errors do not import torch).
 """
 from __future__ import annotations
 
@@ -21,279 +22,35 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 from PIL import Image
 
 from . import runtime
-from ._lazy import lazy_function, lazy_module
-from .images import (FORMATS, DEFAULT_QUALITY, ImageData, ImageError, image_from_array, image_from_pil,
-                     image_to_array, image_to_pil, max_value, normalize_format, probe_image, read_image,
-                     remove_stale_temp_files, resize_image, resize_plane, write_image)
-from .models import MODELS, ModelNotFound, default_model_name, resolve_model_path
+from .images import (FORMATS, DEFAULT_QUALITY, ImageError, normalize_format, probe_image, read_image,
+                     remove_stale_temp_files, write_image)
+from .models import MODELS, ModelNotFound, resolve_model_path
+from .runtime import ALPHA_MODES, DEFAULT_OVERLAP
 
-# torch and the modules that import it load on first use, so that `superres upscale --help` and option
-# errors answer at once (see _lazy.py); the names are the ones the code below has always used
-torch = lazy_module("torch")
-nn = lazy_module("torch.nn")
-count_tiles = lazy_function("superres.tiling", "count_tiles")
-tiled_upscale = lazy_function("superres.tiling", "tiled_upscale")
-load_generator = lazy_function("superres.weights", "load_generator")
-read_state_dict = lazy_function("superres.weights", "read_state_dict")
+if TYPE_CHECKING:
+    from .inference import Upscaler
+
+_FROM_INFERENCE = ("Upscaler", "auto_tile_size", "output_size")
+
+
+def __getattr__(name: str) -> Any:
+    # `from superres.upscale import Upscaler` keeps working without making this module import torch
+    if name in _FROM_INFERENCE:
+        from . import inference
+        return getattr(inference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Upscaler", "auto_tile_size", "gather_inputs", "add_upscale_arguments", "run_upscale"]
-
-ALPHA_MODES = ("model", "bicubic")
-DEFAULT_OVERLAP = 16     # LR pixels; >= half the receptive field that matters for our generators
-MAX_AUTO_TILE = 512      # bigger tiles buy no speed on a CPU and only cost memory
-
-
-def _available_host_memory() -> int:
-    """Bytes of memory available to us (MemAvailable, else a conservative 2 GiB)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 2 << 30
-
-
-def _bytes_per_lr_pixel(model: nn.Module, scale: int) -> int:
-    """A generous estimate of activation memory per LR pixel during a forward pass.
-
-    The widest tensors are the feature maps after upsampling: num_feat channels at scale^2 output
-    pixels per LR pixel; a few of them are alive at once (input, output, a pixel-shuffle copy).
-    """
-    feat = int(getattr(model, "hparams", {}).get("num_feat", 64))
-    return feat * scale * scale * 4 * 6
-
-
-def auto_tile_size(model: nn.Module, scale: int, device: torch.device) -> int:
-    """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = _available_host_memory()
-    side = int((free * 0.5 / _bytes_per_lr_pixel(model, scale)) ** 0.5)
-    return max(32, min(MAX_AUTO_TILE, side // 16 * 16))
-
-
-class Upscaler:
-    """A generator ready to upscale images.
-
-    >>> up = Upscaler.from_pretrained("psnr-x4")
-    >>> sr = up.upscale(Image.open("photo.jpg"))     # PIL in, PIL out; numpy in, numpy out
-
-    tile: LR tile side (0 = whole image at once, None = automatic from free memory).
-    precision: auto|fp32|bf16|fp16 (auto: bf16 + channels_last on CPUs with native bf16, fp16 on
-    CUDA). A tile whose low-precision output has NaN/Inf is recomputed in fp32.
-    """
-
-    def __init__(self, model: nn.Module, info: dict[str, Any] | None = None, *, device: str = "auto",
-                 precision: str = "auto", tile: int | None = None, tile_overlap: int = DEFAULT_OVERLAP,
-                 name: str | None = None) -> None:
-        self.info = dict(info or {})
-        self.device = runtime.pick_device(device)
-        self.amp_dtype = runtime.pick_precision(precision, self.device)
-        self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"
-        self.model = model.eval().to(self.device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        hp = getattr(model, "hparams", {}) or self.info.get("hparams", {})
-        self.scale = int(self.info.get("scale") or hp.get("upscale") or hp.get("scale"))
-        self.in_channels = int(hp.get("num_in_ch", 3))
-        # pixel-unshuffle models (RRDBNet x1/x2) need input sides divisible by 4 / 2
-        self.multiple = {1: 4, 2: 2}.get(self.scale, 1) if self.info.get("arch") == "rrdbnet" else 1
-        self.tile = tile
-        self.tile_overlap = tile_overlap
-        self.name = name or self.info.get("name") or self.info.get("arch", "model")
-        self.last_tile_size: int | None = None
-
-    # -- construction ---------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, strength: float | None = None,
-                        **kwargs: Any) -> "Upscaler":
-        """A shipped model by name (None = the default) or any weights file we can load.
-
-        strength in [0, 1] blends a GAN model toward its PSNR twin (ESRGAN network interpolation):
-        1 = the GAN model as trained, 0 = the PSNR model.
-        """
-        name = str(name_or_path) if name_or_path is not None else default_model_name()
-        path = resolve_model_path(name)
-        model, info = load_generator(path)
-        info["name"] = name if name in MODELS else Path(name).stem
-        if strength is not None and strength != 1.0:
-            _blend_with_twin(model, info, path, float(strength))
-        return cls(model, info, **kwargs)
-
-    # -- the core -------------------------------------------------------------------------------
-
-    def _run_tile(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, C, h, w) float32 in [0, 1] on the CPU -> (1, C, h*s, w*s) float32 on the device."""
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if self.amp_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                    y = self.model(x).float()
-                if torch.isfinite(y).all():
-                    return y
-                log.warning("non-finite values in a %s tile; recomputing it in fp32",
-                            runtime.precision_name(self.amp_dtype))
-            return self.model(x.float()).float()
-
-    def upscale_pixels(self, pixels: np.ndarray, *, on_tile: Callable[[int, int], None] | None = None
-                       ) -> np.ndarray:
-        """(H, W, C) uint8/uint16/float32 array -> (H*s, W*s, C) in the same dtype.
-
-        Any C: a 1-channel image goes through an RGB model as three equal channels and comes back as
-        the mean of the three; RGB through a 1-channel model goes plane by plane.
-        """
-        if pixels.ndim == 2:
-            return self.upscale_pixels(pixels[..., None], on_tile=on_tile)[..., 0]
-        c = pixels.shape[2]
-        if c == self.in_channels:
-            forward = self._run_tile
-        elif self.in_channels == 3 and c == 1:
-            def forward(x: torch.Tensor) -> torch.Tensor:
-                return self._run_tile(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
-        elif self.in_channels == 1:
-            def forward(x: torch.Tensor) -> torch.Tensor:
-                return torch.cat([self._run_tile(x[:, i:i + 1]) for i in range(x.shape[1])], dim=1)
-        else:
-            raise ValueError(f"a {c}-channel image cannot go through a {self.in_channels}-channel model")
-        tile = self.tile if self.tile is not None else auto_tile_size(self.model, self.scale, self.device)
-        while True:
-            try:
-                out = tiled_upscale(pixels, forward, scale=self.scale, tile=tile, overlap=self.tile_overlap,
-                                    multiple=self.multiple, on_tile=on_tile)
-                self.last_tile_size = tile
-                return out
-            except torch.cuda.OutOfMemoryError:
-                if self.device.type != "cuda":
-                    raise
-                torch.cuda.empty_cache()
-                side = tile if tile > 0 else max(pixels.shape[:2])
-                if side <= 32:
-                    raise
-                tile = max(32, side // 2)
-                log.warning("CUDA out of memory; retrying with tile %d", tile)
-
-    def count_tiles(self, height: int, width: int) -> int:
-        tile = self.tile if self.tile is not None else auto_tile_size(self.model, self.scale, self.device)
-        return count_tiles(height, width, tile, self.tile_overlap, self.multiple)
-
-    # -- whole images ---------------------------------------------------------------------------
-
-    def upscale_image(self, img: ImageData, *, outscale: float | None = None, width: int | None = None,
-                      height: int | None = None, alpha: str = "model",
-                      on_tile: Callable[[int, int], None] | None = None) -> ImageData:
-        """An ImageData (colour planes, alpha, ICC, EXIF) upscaled; metadata is carried over."""
-        if alpha not in ALPHA_MODES:
-            raise ValueError(f"alpha={alpha!r}; allowed values: {', '.join(ALPHA_MODES)}")
-        target = output_size(img.width, img.height, self.scale, outscale=outscale, width=width, height=height)
-        pixels = self.upscale_pixels(img.pixels, on_tile=on_tile)
-        out_alpha = None
-        if img.alpha is not None:
-            if alpha == "model":
-                out_alpha = self.upscale_pixels(img.alpha[..., None])[..., 0]
-                _keep_flat_alpha(out_alpha, img.alpha, self.scale)
-            else:
-                out_alpha = resize_plane(img.alpha, img.width * self.scale, img.height * self.scale,
-                                         Image.Resampling.BICUBIC)
-        out = replace(img, pixels=pixels, alpha=out_alpha)
-        return resize_image(out, *target)
-
-    def upscale(self, image: Any, **kwargs: Any) -> Any:
-        """Upscale a PIL image, a numpy array ((H, W) / (H, W, C), C in 1..4, uint8/uint16/float in
-        [0, 1]), a torch tensor ((C, H, W) or (N, C, H, W) in [0, 1]) or an ImageData; the result has
-        the input's type (and dtype/mode where it can hold the result). Keyword arguments as
-        `upscale_image` (outscale, width, height, alpha).
-        """
-        if isinstance(image, ImageData):
-            return self.upscale_image(image, **kwargs)
-        if isinstance(image, Image.Image):
-            out = self.upscale_image(image_from_pil(image), **kwargs)
-            return image_to_pil(out, image.mode)
-        if isinstance(image, np.ndarray):
-            return image_to_array(self.upscale_image(image_from_array(image), **kwargs), image)
-        if isinstance(image, torch.Tensor):
-            if image.ndim == 4:
-                return torch.stack([self.upscale(t, **kwargs) for t in image])
-            # through the array path, which knows gray+alpha and RGBA (C = 2, 4) as well
-            arr = np.ascontiguousarray(image.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy())
-            out = self.upscale(arr, **kwargs)
-            return torch.from_numpy(out).permute(2, 0, 1).to(image.device, image.dtype)
-        raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array, "
-                        "a torch tensor or an ImageData")
-
-    __call__ = upscale
-
-
-def _keep_flat_alpha(out: np.ndarray, lr: np.ndarray, scale: int) -> None:
-    """In place: where the LR alpha is fully transparent (or fully opaque) over a whole 3x3
-    neighbourhood, the model's alpha becomes exactly 0 (or full).
-
-    A network's output drifts by a level or two on flat input (biases, GAN texture); on an alpha
-    plane that turns a transparent background into a faint veil over the whole image.
-    """
-    h, w = lr.shape
-    if out.shape != (h * scale, w * scale) or not out.flags.c_contiguous:
-        return   # the reshape below would be a copy, and writing to it would change nothing
-    full = max_value(lr.dtype)
-    win = np.lib.stride_tricks.sliding_window_view(np.pad(lr, 1, mode="edge"), (3, 3))
-    lo, hi = win.min(axis=(2, 3)), win.max(axis=(2, 3))
-    view = out.reshape(h, scale, w, scale)   # a view: out is the fresh contiguous model output
-    np.copyto(view, np.asarray(0, out.dtype), where=(hi == 0)[:, None, :, None])
-    np.copyto(view, np.asarray(full, out.dtype), where=(lo == full)[:, None, :, None])
-
-
-def output_size(w: int, h: int, scale: int, *, outscale: float | None = None, width: int | None = None,
-                height: int | None = None) -> tuple[int, int]:
-    """The final (width, height): the model's scale, or --outscale, or --width/--height (one of them
-    keeps the aspect ratio)."""
-    if outscale is not None and (width or height):
-        raise ValueError("give either outscale or width/height, not both")
-    if width or height:
-        if width and height:
-            return int(width), int(height)
-        if width:
-            return int(width), max(1, round(h * width / w))
-        return max(1, round(w * height / h)), int(height)
-    f = scale if outscale is None else float(outscale)
-    if f <= 0:
-        raise ValueError(f"outscale must be positive, got {outscale}")
-    return max(1, round(w * f)), max(1, round(h * f))
-
-
-def _blend_with_twin(model: nn.Module, info: dict[str, Any], path: Path, strength: float) -> None:
-    """In place: weights = strength * this model + (1 - strength) * its PSNR twin."""
-    from .export import interpolate_state_dicts
-
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
-    twin = info.get("metadata", {}).get("psnr_twin")
-    if not twin:
-        raise ValueError(f"{path.name} has no PSNR twin recorded in its metadata (psnr_twin), so "
-                         "--strength cannot blend it; use `superres interpolate` with two files instead")
-    twin_path = resolve_model_path(twin) if twin in MODELS else (path.parent / twin)
-    twin_state, _ = read_state_dict(twin_path)
-    blended = interpolate_state_dicts(twin_state, model.state_dict(), strength)
-    model.load_state_dict(blended, strict=True)
-    info["strength"] = strength
-    info["name"] = f"{info.get('name', path.stem)}@{strength:g}"
-
+__all__ = ["Upscaler", "auto_tile_size", "output_size", "gather_inputs", "upscale_file",
+           "add_upscale_arguments", "run_upscale"]
 
 # ---------------------------------------------------------------------------------------------
 # the command
@@ -305,6 +62,7 @@ def _run_video(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         log.error("video input needs PyAV: pip install -c constraints.txt -e '.[video]'")
         return 2
+    from .inference import Upscaler
     from .video import run_video
     try:
         up = Upscaler.from_pretrained(args.model, strength=args.strength, device=args.device,
@@ -562,6 +320,7 @@ def _check_size(src: Path, width: int, height: int, scale: int, args: argparse.N
         raise ImageError(f"{src}: {width}x{height} is {_megapixels(n)}, over --max-pixels "
                          f"({_megapixels(args.max_pixels)}); raise --max-pixels (0 = no limit) if you "
                          "trust the file and have the memory")
+    from .inference import output_size
     tw, th = output_size(width, height, scale, outscale=args.outscale, width=args.width, height=args.height)
     # the model's own output is held in full before a resize to the final size
     m = max(width * height * scale * scale, tw * th)
@@ -659,6 +418,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     if len(args.inputs) == 1 and is_video(args.inputs[0]) and Path(args.inputs[0]).is_file():
         return _run_video(args)
     from tqdm import tqdm
+
+    from .inference import Upscaler
 
     items, errors = gather_inputs(args.inputs, args.recursive)
     for e in errors:

@@ -2,8 +2,9 @@
 
 Ours: `.safetensors` with string metadata (arch, hparams as JSON, scale, description, ...).
 Foreign: `.pth`/`.pt` read with `torch.load(weights_only=True)` only (never unpickle code), unwrapped
-from `params_ema`/`params`/`state_dict`, `module.` prefixes stripped, old ESRGAN key layout
-converted, then the architecture and its hyperparameters are detected from key names and shapes.
+from `params_ema`/`params`/`state_dict`, `module.` prefixes stripped; then each registered
+architecture (archs/) converts the community key layouts it knows and detects its hyperparameters
+from key names and shapes. What keys cannot reveal comes from an explicit `hparams`, never a guess.
 """
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .archs import GENERATORS, arch_name_of, build_generator
+from .archs import GENERATORS, Ambiguous, arch_name_of, build_generator
+from .archs.spec import Hparams, StateDict
 
 log = logging.getLogger(__name__)
-
-StateDict = dict[str, torch.Tensor]
 
 
 class WeightsError(ValueError):
@@ -116,74 +116,91 @@ def unwrap_checkpoint(obj: Any, where: str = "checkpoint") -> StateDict:
     raise WeightsError(f"{where}: no tensor state dict found (top-level entries: {found})")
 
 
-def convert_old_esrgan_keys(state: StateDict) -> StateDict:
-    """The original ESRGAN repo's RRDB_ESRGAN_x4.pth layout -> BasicSR/Real-ESRGAN names."""
-    if "RRDB_trunk.0.RDB1.conv1.weight" not in state:
-        return state
-    out: StateDict = {}
-    for k, v in state.items():
-        k2 = re.sub(r"^RRDB_trunk\.(\d+)\.RDB(\d)\.", lambda m: f"body.{m[1]}.rdb{m[2]}.", k)
-        k2 = (k2.replace("trunk_conv.", "conv_body.").replace("upconv1.", "conv_up1.")
-              .replace("upconv2.", "conv_up2.").replace("HRconv.", "conv_hr."))
-        out[k2] = v
-    return out
+def _resolve(arch: str, detected: Hparams, given: Hparams, where: str) -> Hparams:
+    """Detected hyperparameters with the explicit ones on top; an Ambiguous value left over is an
+    error that names the key, the values that fit, and how to pass one."""
+    hp = {**detected, **given}
+    unknown = {k: v for k, v in hp.items() if isinstance(v, Ambiguous)}
+    if unknown:
+        lines = [f"{k}: one of {list(v.choices)} ({v.why})" for k, v in unknown.items()]
+        needed = {k: v for k, v in unknown.items() if v.follows is None}
+        example = ", ".join(f"{k!r}: {v.choices[0]!r}" for k, v in needed.items())
+        raise WeightsError(f"{where}: {arch} weights do not say {' or '.join(unknown)}: " + "; ".join(lines)
+                           + f". Pass {' and '.join(needed)} explicitly, e.g. hparams={{{example}}} to "
+                           "load_generator or Upscaler.from_pretrained; files we save record it in "
+                           "their metadata")
+    return hp
 
 
-def _count_blocks(state: StateDict, pattern: str) -> int:
-    idx = {int(m[1]) for k in state if (m := re.match(pattern, k))}
-    return max(idx) + 1 if idx else 0
+def identify_generator(state: StateDict, hparams: Hparams | None = None, where: str = "weights"
+                       ) -> tuple[str, Hparams, StateDict]:
+    """(arch, hyperparameters, state dict in that arch's key names) from key names and shapes alone.
+
+    Every registered architecture tries its own layout and each community layout it converts;
+    exactly one must claim the keys. `hparams` gives values the keys cannot reveal (see
+    `archs.Ambiguous`); nothing is guessed.
+    """
+    given = dict(hparams or {})
+    found: list[tuple[str, str, Hparams, StateDict]] = []
+    for spec in GENERATORS.values():
+        layouts: list[tuple[str, StateDict]] = [("native", state)]
+        for layout, convert in spec.conversions.items():
+            try:
+                converted = convert(state)
+            except ValueError as e:
+                raise WeightsError(f"{where}: {e}") from e
+            if converted is not None:
+                layouts.append((layout, converted))
+        for layout, candidate in layouts:
+            try:
+                detected = spec.detect(candidate, given)
+            except ValueError as e:
+                raise WeightsError(f"{where}: {e}") from e
+            if detected is not None:
+                found.append((spec.name, layout, detected, candidate))
+    if not found:
+        sample = sorted(state)[:8]
+        raise WeightsError(f"{where}: the weights match no known architecture ({sorted(GENERATORS)}); "
+                           f"{len(state)} keys, first ones: {sample}")
+    if len(found) > 1:
+        raise WeightsError(f"{where}: the keys fit several architectures "
+                           f"{[(a, layout) for a, layout, _, _ in found]}; cannot tell which")
+    arch, layout, detected, converted = found[0]
+    if layout != "native":
+        log.info("%s: %s weights in the %s key layout, converted", where, arch, layout)
+    return arch, _resolve(arch, detected, given, where), converted
 
 
-def detect_arch(state: StateDict) -> tuple[str, dict[str, Any]]:
-    """Infer (arch name, hyperparameters) from key names and tensor shapes."""
-    keys = set(state)
-    if "conv_first.weight" in keys and "body.0.rdb1.conv1.weight" in keys:
-        num_feat, first_in = state["conv_first.weight"].shape[:2]
-        num_out = state["conv_last.weight"].shape[0]
-        unshuffle_sq = first_in // num_out if first_in % num_out == 0 else 1
-        upscale = {1: 4, 4: 2, 16: 1}.get(unshuffle_sq, 4)
-        num_in = first_in // {4: 1, 2: 4, 1: 16}[upscale]
-        return "rrdbnet", dict(num_in_ch=num_in, num_out_ch=num_out, num_feat=int(num_feat),
-                               num_block=_count_blocks(state, r"body\.(\d+)\.rdb1\."),
-                               num_grow_ch=int(state["body.0.rdb1.conv1.weight"].shape[0]),
-                               upscale=upscale)
-    if "conv_first.weight" in keys and "body.0.conv1.weight" in keys and "upconv1.weight" in keys:
-        num_feat, num_in = state["conv_first.weight"].shape[:2]
-        if "upconv2.weight" in keys:
-            upscale = 4
-        else:
-            upscale = int(round((state["upconv1.weight"].shape[0] / num_feat) ** 0.5))
-        return "msrresnet", dict(num_in_ch=int(num_in), num_out_ch=int(state["conv_last.weight"].shape[0]),
-                                 num_feat=int(num_feat), upscale=upscale,
-                                 num_block=_count_blocks(state, r"body\.(\d+)\.conv1\."))
-    if "body.0.weight" in keys and "conv_first.weight" not in keys and state["body.0.weight"].ndim == 4:
-        n_layers = _count_blocks(state, r"body\.(\d+)\.")
-        convs = [i for i in range(n_layers) if state.get(f"body.{i}.weight") is not None
-                 and state[f"body.{i}.weight"].ndim == 4]
-        num_feat, num_in = state["body.0.weight"].shape[:2]
-        act = "prelu" if "body.1.weight" in keys and state["body.1.weight"].ndim == 1 else "relu"
-        last_out = state[f"body.{convs[-1]}.weight"].shape[0]
-        num_out = num_in  # compact nets map C channels to C channels
-        upscale = int(round((last_out / num_out) ** 0.5))
-        return "compact", dict(num_in_ch=int(num_in), num_out_ch=int(num_out), num_feat=int(num_feat),
-                               num_conv=len(convs) - 2, upscale=upscale, act_type=act)
-    sample = sorted(keys)[:8]
-    raise WeightsError(f"the weights match no known architecture ({sorted(GENERATORS)}); "
-                       f"{len(keys)} keys, first ones: {sample}")
+def detect_arch(state: StateDict, hparams: Hparams | None = None) -> tuple[str, Hparams]:
+    """(arch name, hyperparameters) of a state dict in any layout `identify_generator` accepts."""
+    arch, hp, _ = identify_generator(state, hparams)
+    return arch, hp
 
 
-def load_generator(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def load_generator(path: str | os.PathLike, *, hparams: Hparams | None = None
+                   ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the generator stored in `path` and load its weights with strict=True.
 
+    Our files name their arch and hyperparameters in the metadata; other files are identified from
+    their keys (`identify_generator`), with `hparams` supplying what keys cannot reveal.
     Returns (model in eval mode, info) where info has arch, hparams, scale and file metadata.
     """
     state, meta = read_state_dict(path)
+    given = dict(hparams or {})
     if meta.get("format") == "superres" and meta.get("arch") in GENERATORS:
         arch, hparams = meta["arch"], json.loads(meta["hparams"])
+        conflict = {k: (hparams[k], v) for k, v in given.items() if k in hparams and hparams[k] != v}
+        if conflict:
+            raise WeightsError(f"{path}: its metadata says {arch} with " + ", ".join(
+                f"{k}={m!r}" for k, (m, _) in conflict.items()) + "; the explicit hparams say " + ", ".join(
+                f"{k}={v!r}" for k, (_, v) in conflict.items()))
+        hparams = {**hparams, **given}
     else:
-        state = convert_old_esrgan_keys(state)
-        arch, hparams = detect_arch(state)
-    model = build_generator(arch, **hparams)
+        arch, hparams, state = identify_generator(state, given, str(path))
+    try:
+        model = build_generator(arch, **hparams)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot build {arch} with {hparams}: {e}") from e
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

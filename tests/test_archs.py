@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from superres.archs import GENERATOR_SCALES, GENERATORS, build_generator
-from superres.weights import (WeightsError, convert_old_esrgan_keys, detect_arch, load_generator,
-                              read_state_dict, save_weights)
+from superres.archs import GENERATORS, build_generator
+from superres.archs.rrdbnet import convert_esrgan_trunk
+from superres.weights import WeightsError, detect_arch, load_generator, read_state_dict, save_weights
 
 TINY = {"msrresnet": dict(num_feat=8, num_block=2), "rrdbnet": dict(num_feat=8, num_block=1, num_grow_ch=4),
         "compact": dict(num_feat=8, num_conv=2)}
 
 
-@pytest.mark.parametrize("arch,scale", [(a, s) for a in GENERATORS for s in GENERATOR_SCALES[a]])
+@pytest.mark.parametrize("arch,scale", [(a, s) for a in GENERATORS for s in GENERATORS[a].scales])
 def test_every_arch_and_scale_upscales_by_its_factor(arch, scale):
     model = build_generator(arch, upscale=scale, **TINY[arch]).eval()
     assert model.hparams["upscale"] == scale and model.hparams["num_feat"] == 8
@@ -24,9 +25,18 @@ def test_every_arch_and_scale_upscales_by_its_factor(arch, scale):
     assert y.shape == (2, 3, 12 * scale, 16 * scale)
 
 
+def test_compact_refuses_channel_counts_its_input_skip_cannot_add():
+    with pytest.raises(ValueError, match=r"compact: num_in_ch=3 with num_out_ch=1; the input skip needs "
+                                         r"num_in_ch == num_out_ch or num_in_ch == 1"):
+        build_generator("compact", upscale=2, num_in_ch=3, num_out_ch=1, **TINY["compact"])
+    gray_to_rgb = build_generator("compact", upscale=2, num_in_ch=1, num_out_ch=3, **TINY["compact"])
+    with torch.no_grad():
+        assert gray_to_rgb(torch.rand(1, 1, 5, 6)).shape == (1, 3, 10, 12)
+
+
 def test_hyperparameters_are_keyword_only():
     with pytest.raises(TypeError):
-        GENERATORS["msrresnet"](3, 3, 64)   # noqa: the positional call must fail
+        GENERATORS["msrresnet"].cls(3, 3, 64)   # noqa: the positional call must fail
 
 
 def _public_rrdbnet_x4(num_feat=8, num_block=2, grow=4):
@@ -96,7 +106,7 @@ def test_old_esrgan_names_are_converted():
         k2 = k.replace("body.0.rdb", "RRDB_trunk.0.RDB").replace("conv_body", "trunk_conv")
         k2 = k2.replace("conv_up1", "upconv1").replace("conv_up2", "upconv2").replace("conv_hr", "HRconv")
         old[k2] = v
-    assert set(convert_old_esrgan_keys(old)) == set(sd)
+    assert set(convert_esrgan_trunk(old)) == set(sd)
 
 
 def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):
@@ -124,15 +134,18 @@ def test_unknown_weights_say_what_was_found(tmp_path):
         load_generator(path)
 
 
-def test_pth_is_loaded_without_unpickling_code(tmp_path):
+def test_pth_is_loaded_without_unpickling_code(tmp_path, capsys):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
 
     path = tmp_path / "evil.pth"
     torch.save({"params": Evil()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(WeightsError, match=r"evil.pth: a PyTorch checkpoint that holds more than tensors "
+                                           r"\(loading it would run code from the file, which we never do\)") as e:
         read_state_dict(path)
+    assert "weights_only=False" not in str(e.value)       # never suggest unsafe loading
+    assert "pwned" not in capsys.readouterr().out
 
 
 def test_one_pixel_image_upscales(tmp_path):
@@ -142,3 +155,191 @@ def test_one_pixel_image_upscales(tmp_path):
     up = Upscaler(model, {"arch": "msrresnet", "scale": 4}, precision="fp32", tile=0)
     out = up.upscale(np.full((1, 1, 3), 128, np.uint8))
     assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# detection round trip: every registry x scale x channels x activation variant
+
+def _variants():
+    channels = [(3, 3), (1, 1), (4, 4), (1, 3)]
+    for arch, spec in GENERATORS.items():
+        acts = ("prelu", "relu", "leakyrelu") if arch == "compact" else (None,)
+        for scale in spec.scales:
+            for cin, cout in channels:
+                for act in acts:
+                    hp = {**TINY[arch], "upscale": scale, "num_in_ch": cin, "num_out_ch": cout}
+                    if act:
+                        hp["act_type"] = act
+                    yield pytest.param(arch, hp, id=f"{arch}-x{scale}-{cin}to{cout}" + (f"-{act}" if act else ""))
+
+
+def _keys_weights_cannot_tell(arch, hp):
+    """What must come from metadata or an explicit option, stated from the architectures' facts:
+    RRDBNet's conv_first sees in * unshuffle^2 channels and a compact net's last conv has
+    out * scale^2 outputs, so 4 and 16 each factor two ways into an image channel count and a
+    scale; relu and leakyrelu have no weights."""
+    if arch == "rrdbnet" and hp["num_in_ch"] * {4: 1, 2: 4, 1: 16}[hp["upscale"]] in (4, 16):
+        return {"upscale", "num_in_ch"}
+    if arch == "compact":
+        keys = {"upscale", "num_out_ch"} if hp["num_out_ch"] * hp["upscale"] ** 2 in (4, 16) else set()
+        return keys | ({"act_type"} if hp["act_type"] != "prelu" else set())
+    return set()
+
+
+@pytest.mark.parametrize("arch,hp", list(_variants()))
+def test_detection_round_trip(arch, hp, tmp_path):
+    torch.manual_seed(0)
+    model = build_generator(arch, **hp)
+    expected = dict(model.hparams)
+    # ours: the metadata says everything
+    save_weights(tmp_path / "m.safetensors", model)
+    _, info = load_generator(tmp_path / "m.safetensors")
+    assert (info["arch"], info["hparams"]) == (arch, expected)
+    # metadata stripped (a bare state dict, as other tools save it): the keys alone
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    unknown = _keys_weights_cannot_tell(arch, hp)
+    if unknown:
+        with pytest.raises(WeightsError) as e:
+            load_generator(tmp_path / "m.pth")
+        for key in unknown:
+            assert f"{key}: one of" in str(e.value)
+        # only what must be passed is asked for: the channel count follows from the scale
+        given = {k: expected[k] for k in unknown if k in ("upscale", "act_type")}
+        asked = re.search(r"Pass (.*) explicitly", str(e.value))[1].split(" and ")
+        assert sorted(asked) == sorted(given)
+    given = {k: expected[k] for k in unknown if k in ("upscale", "act_type")}
+    loaded, info = load_generator(tmp_path / "m.pth", hparams=given)
+    assert (info["arch"], info["hparams"]) == (arch, expected)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_ambiguous_activation_error_names_the_option(tmp_path):
+    model = build_generator("compact", upscale=4, act_type="leakyrelu", **TINY["compact"])
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    with pytest.raises(WeightsError, match=r"do not say act_type: act_type: one of \['relu', 'leakyrelu'\]"
+                                           r".*Pass act_type explicitly, e\.g\. hparams=\{'act_type': 'relu'\}"):
+        load_generator(tmp_path / "m.pth")
+    # and an explicit value that contradicts our own metadata is refused, not applied
+    save_weights(tmp_path / "m.safetensors", model)
+    with pytest.raises(WeightsError, match=r"metadata says compact with act_type='leakyrelu'.*act_type='relu'"):
+        load_generator(tmp_path / "m.safetensors", hparams={"act_type": "relu"})
+
+
+# ---------------------------------------------------------------------------------------------
+# community layouts of ESRGAN's RRDBNet x4
+
+def _to_old_arch(sd: dict, num_block: int) -> dict:
+    """Our RRDBNet x4 names -> the first ESRGAN release's sequential `model.N` names."""
+    tail = {"conv_first.": "model.0.", "conv_body.": f"model.1.sub.{num_block}.", "conv_up1.": "model.3.",
+            "conv_up2.": "model.6.", "conv_hr.": "model.8.", "conv_last.": "model.10."}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("body."):
+            _, b, rdb, conv, param = k.split(".")
+            out[f"model.1.sub.{b}.RDB{rdb[-1]}.{conv}.0.{param}"] = v
+        else:
+            prefix = next(p for p in tail if k.startswith(p))
+            out[tail[prefix] + k[len(prefix):]] = v
+    return out
+
+
+def test_old_esrgan_sequential_layout_loads_strictly(tmp_path):
+    torch.manual_seed(0)
+    model = build_generator("rrdbnet", upscale=4, num_feat=8, num_block=2, num_grow_ch=4).eval()
+    old = _to_old_arch(model.state_dict(), num_block=2)
+    assert "model.1.sub.1.RDB3.conv5.0.weight" in old and "model.1.sub.2.weight" in old
+    torch.save(old, tmp_path / "RRDB_ESRGAN_x4_old_arch.pth")
+    loaded, info = load_generator(tmp_path / "RRDB_ESRGAN_x4_old_arch.pth")
+    assert info["arch"] == "rrdbnet" and info["hparams"] == model.hparams
+    x = torch.rand(1, 3, 6, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_old_esrgan_layout_with_an_extra_key_is_refused(tmp_path):
+    model = build_generator("rrdbnet", upscale=4, num_feat=8, num_block=1, num_grow_ch=4)
+    old = _to_old_arch(model.state_dict(), num_block=1)
+    old["model.1.sub.0.RDB1.extra.weight"] = torch.zeros(1)
+    torch.save(old, tmp_path / "m.pth")
+    with pytest.raises(WeightsError, match=r"unexpected key 'model\.1\.sub\.0\.RDB1\.extra\.weight'"):
+        load_generator(tmp_path / "m.pth")
+
+
+def test_old_esrgan_x2_layout_is_refused_with_the_reason(tmp_path):
+    model = build_generator("rrdbnet", upscale=4, num_feat=8, num_block=1, num_grow_ch=4)
+    old = _to_old_arch(model.state_dict(), num_block=1)
+    # the x2 network has one upsampling step: HR conv at model.5, last conv at model.7
+    x2 = {k.replace("model.8.", "model.5.").replace("model.10.", "model.7."): v for k, v in old.items()
+          if not k.startswith("model.6.")}
+    torch.save(x2, tmp_path / "m.pth")
+    with pytest.raises(WeightsError, match=r"only the x4 layout \(model\.3, model\.6, model\.8, model\.10\)"):
+        load_generator(tmp_path / "m.pth")
+
+
+def test_esrgan_trunk_layout_loads_strictly(tmp_path):
+    sd = _public_rrdbnet_x4(num_block=2)
+    renames = [("body.", "RRDB_trunk."), ("conv_body.", "trunk_conv."), ("conv_up1.", "upconv1."),
+               ("conv_up2.", "upconv2."), ("conv_hr.", "HRconv.")]
+    old = {}
+    for k, v in sd.items():
+        for ours, theirs in renames:
+            if k.startswith(ours):
+                k = theirs + k[len(ours):]
+        old[k.replace(".rdb", ".RDB")] = v
+    assert "RRDB_trunk.1.RDB2.conv3.weight" in old
+    torch.save(old, tmp_path / "RRDB_ESRGAN_x4.pth")
+    loaded, info = load_generator(tmp_path / "RRDB_ESRGAN_x4.pth")
+    assert info["hparams"] == dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_grow_ch=4, upscale=4)
+    for k, v in sd.items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+# ---------------------------------------------------------------------------------------------
+# training: every parameter learns, and a tiny net can overfit one batch
+
+@pytest.mark.parametrize("arch,scale", [(a, s) for a in GENERATORS for s in GENERATORS[a].scales])
+def test_backward_reaches_every_generator_parameter(arch, scale):
+    torch.manual_seed(0)
+    model = build_generator(arch, upscale=scale, **TINY[arch]).train()
+    y = model(torch.rand(2, 3, 8, 8))
+    # random weights on the output: a plain mean could cancel symmetric paths
+    (y * torch.randn_like(y)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"{arch} x{scale}: no gradient reaches {missing}"
+
+
+@pytest.mark.parametrize("name,size", [("vgg128", 128), ("unet", 32), ("patchgan", 32)])
+def test_backward_reaches_every_discriminator_parameter(name, size):
+    from superres.archs import build_discriminator
+
+    torch.manual_seed(0)
+    disc = build_discriminator(name, num_feat=4).train()
+    out = disc(torch.rand(2, 3, size, size))
+    (out * torch.randn_like(out)).sum().backward()
+    missing = [n for n, p in disc.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"{name}: no gradient reaches {missing}"
+
+
+def test_tiny_generator_overfits_one_batch():
+    """50 Adam steps on one fixed batch must more than halve the L1 loss: a broken forward, a
+    detached branch or a mismatched target layout would not. The HR targets are noise unrelated to
+    the nearest-neighbour skip, so only memorisation by the convolutions can lower the loss."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny convs: threads only contend (and one thread is deterministic)
+    try:
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        x, target = torch.rand(2, 3, 8, 8, generator=gen), torch.rand(2, 3, 16, 16, generator=gen)
+        model = build_generator("compact", upscale=2, num_feat=16, num_conv=2)
+        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+        losses = []
+        for _ in range(50):
+            loss = (model(x) - target).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    assert losses[-1] < 0.5 * losses[0], f"L1 {losses[0]:.4f} -> {losses[-1]:.4f}"

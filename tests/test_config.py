@@ -1,6 +1,9 @@
 """Config loading: errors that name the key, the value and the allowed values; shipped configs load."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,60 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.to
 
 def test_defaults_are_valid_stage_1():
     cfg = load_config()
-    assert isinstance(cfg, Config)
+    # stage 1 is L1 on MSRResNet x4 with bicubic LR, validated on Set5/Set14: no discriminator
+    assert (cfg.model.arch, cfg.model.scale, cfg.model.hparams) == ("msrresnet", 4, {})
+    assert (cfg.losses.pixel, cfg.losses.pixel_weight) == ("l1", 1.0)
+    assert cfg.losses.adversarial == 0 and cfg.losses.feature_matching == 0 and cfg.losses.perceptual == 0
     assert not uses_discriminator(cfg)
+    assert cfg.data.degradation == "bicubic"
+    assert [Path(d).name for d in cfg.data.val_dirs] == ["Set5", "Set14"]
+    # load_config(None) is the dataclass defaults, with relative paths made absolute (from the cwd)
+    assert load_config(resolve_paths=False) == Config()
+    assert cfg.data.train_dirs == [str(Path(d).resolve()) for d in Config().data.train_dirs]
+
+
+_BAD_JPEG = "degrade.jpeg_quality=[0.0, 500.0]"
+_BAD_JPEG_ERROR = ("degrade.jpeg_quality = [0.0, 500.0]: expected [low, high] with "
+                   "1.0 <= low <= high <= 100.0")
+
+
+def test_validation_in_a_fresh_interpreter_checks_every_section():
+    """Nothing but superres.config imported: the degrade checks must run all the same."""
+    code = "\n".join(["from superres.config import ConfigError, load_config",
+                      "try:",
+                      f"    load_config(None, [{_BAD_JPEG!r}])",
+                      "    print('accepted')",
+                      "except ConfigError as e:",
+                      "    print('rejected:', e)"])
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"rejected: {_BAD_JPEG_ERROR}"
+
+
+def test_validation_after_importing_everything_gives_the_same_verdict():
+    import superres.degrade  # noqa: F401  (it used to register its check on import)
+    import superres.train  # noqa: F401
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [_BAD_JPEG])
+    assert str(e.value) == _BAD_JPEG_ERROR
+
+
+def test_choice_lists_come_from_their_registries():
+    from superres import runtime
+    from superres.archs import GENERATORS
+    from superres.config import allowed_choices
+    from superres.losses import GAN_LOSSES
+
+    choices = allowed_choices()
+    assert choices["losses.gan_type"] == tuple(GAN_LOSSES)
+    assert choices["train.precision"] == runtime.PRECISIONS
+    with pytest.raises(ConfigError, match=r"model\.scale = 3 is not supported by rrdbnet; allowed values: "
+                                          r"\[1, 2, 4\]"):
+        load_config(None, ["model.arch=rrdbnet", "model.scale=3", "data.hr_patch=96"])
+    assert GENERATORS["rrdbnet"].scales == (1, 2, 4)
 
 
 def test_unknown_key_names_key_and_allowed_keys():
@@ -88,7 +143,8 @@ def test_round_trip_through_toml(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_load_and_say_how_to_run(path):
     cfg = load_config(path)
-    header = path.read_text().split("[", 1)[0]
+    # the comment block before the first table line (a comment may mention "[degrade]")
+    header = re.split(r"^\[", path.read_text(), maxsplit=1, flags=re.M)[0]
     assert f"configs/{path.name}" in header and "superres train" in header
     if path.stem in ("srgan_x4", "esrgan_x4", "realesrgan_x4"):
         assert uses_discriminator(cfg)

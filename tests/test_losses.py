@@ -69,11 +69,36 @@ def test_ragan_values():
         L.ragan_g_loss(fake, None)
 
 
-def test_logit_maps_average_over_all_elements():
-    real = torch.zeros(2, 1, 3, 3)
-    fake = torch.zeros(2, 1, 3, 3)
-    for g_loss, d_loss in L.GAN_LOSSES.values():
-        assert torch.isfinite(d_loss(real, fake)) and torch.isfinite(g_loss(fake, real))
+# (D loss, G loss) at all-zero logits: D is undecided. vanilla: 2 * -log(1/2) and -log(1/2);
+# lsgan: (0 - 1)^2 + 0^2 and (0 - 1)^2; hinge: relu(1) + relu(1) and -0; ragan: half of 2 * log 2.
+_AT_ZERO = {"vanilla": (2 * math.log(2), math.log(2)), "lsgan": (1.0, 1.0), "hinge": (2.0, 0.0),
+            "ragan": (math.log(2), math.log(2))}
+
+
+@pytest.mark.parametrize("gan_type", sorted(L.GAN_LOSSES))
+def test_logit_maps_average_over_all_elements(gan_type):
+    g_loss, d_loss = L.GAN_LOSSES[gan_type]
+    assert set(_AT_ZERO) == set(L.GAN_LOSSES)
+    zeros = torch.zeros(2, 1, 3, 3)
+    d0, g0 = _AT_ZERO[gan_type]
+    # a mean, not a sum: an 18-element map of zeros scores what a single zero logit does
+    assert d_loss(zeros, zeros).item() == pytest.approx(d0, abs=1e-6)
+    assert g_loss(zeros, zeros).item() == pytest.approx(g0, abs=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(2, 1, 3, 3, generator=gen) + 1, torch.randn(2, 1, 3, 3, generator=gen) - 1
+    d, g = d_loss(real, fake), g_loss(fake, real)
+    # every element counts once whatever the map's shape (per-pixel U-Net maps, PatchGAN grids)
+    flat_r, flat_f = real.reshape(-1, 1), fake.reshape(-1, 1)
+    torch.testing.assert_close(d_loss(flat_r, flat_f), d)
+    torch.testing.assert_close(g_loss(flat_f, flat_r), g)
+    # and a batch repeated twice has the same mean
+    torch.testing.assert_close(d_loss(real.repeat(2, 1, 1, 1), fake.repeat(2, 1, 1, 1)), d)
+    # moving one element moves the loss by that element's share: 1/18 of its own change
+    bumped = fake.clone()
+    bumped[0, 0, 0, 0] += 0.5
+    single = g_loss(bumped[0:1, :, 0:1, 0:1], real) - g_loss(fake[0:1, :, 0:1, 0:1], real)
+    if gan_type != "ragan":   # ragan's terms couple every element through the means
+        torch.testing.assert_close(g_loss(bumped, real) - g, single / 18, atol=1e-6, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

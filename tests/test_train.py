@@ -481,7 +481,6 @@ def test_save_samples(tmp_path):
 
 
 def test_validation_with_evaluate(images, tmp_path):
-    pytest.importorskip("superres.evaluate")
     val = make_images(tmp_path / "Set2" / "HR", n=2, size=32, seed=1)
     cfg = tiny(images, "train.total_steps=2", "log.val_every=2", "log.val_niqe=false",
                f"data.val_dirs=[{json.dumps(str(val.parent))}]", "log.sample_images=1")
@@ -585,7 +584,6 @@ def test_gan_health_streaks_survive_a_resume(tmp_path):
 
 
 def test_holdout_images_are_validated_and_never_trained_on(tmp_path, monkeypatch):
-    pytest.importorskip("superres.evaluate")
     folder = make_images(tmp_path / "Train", n=5, size=32, seed=2)  # 0..4.png: holdout=2 keeps 0, 2, 4
     seen: list[str] = []
     original = train_mod.PatchDataset.__init__

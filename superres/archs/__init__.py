@@ -1,5 +1,7 @@
-"""Architecture registry: plain dicts from name to class.
+"""Architecture registry.
 
+Generators: name -> `GeneratorSpec` (class, scales, input multiple, detection, key-layout
+conversions), each spec defined in the architecture's own file. Discriminators: name -> class.
 Adding an architecture = one file, one import, one dict entry. Tests iterate these dicts.
 """
 from __future__ import annotations
@@ -8,37 +10,51 @@ import inspect
 
 from torch import nn
 
-from .compact import SRVGGNetCompact
+from . import compact, rrdbnet, srresnet
 from .discriminators import PatchGANDiscriminator, UNetDiscriminatorSN, VGGStyleDiscriminator
-from .rrdbnet import RRDBNet
-from .srresnet import MSRResNet
+from .spec import Ambiguous, GeneratorSpec
 
-GENERATORS: dict[str, type[nn.Module]] = {
-    "msrresnet": MSRResNet,
-    "rrdbnet": RRDBNet,
-    "compact": SRVGGNetCompact,
-}
+__all__ = ["GENERATORS", "GeneratorSpec", "Ambiguous", "generator_spec", "build_generator", "arch_name_of",
+           "spec_of", "input_multiple", "DISCRIMINATORS", "build_discriminator", "discriminator_hparams",
+           "discriminator_input_error"]
 
-# Scales each generator supports (used by tests and config validation).
-GENERATOR_SCALES: dict[str, tuple[int, ...]] = {
-    "msrresnet": (2, 3, 4),
-    "rrdbnet": (1, 2, 4),
-    "compact": (1, 2, 3, 4),
-}
+GENERATORS: dict[str, GeneratorSpec] = {spec.name: spec for spec in (srresnet.SPEC, rrdbnet.SPEC, compact.SPEC)}
+
+
+def generator_spec(name: str) -> GeneratorSpec:
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; allowed values: {sorted(GENERATORS)}")
+    return GENERATORS[name]
 
 
 def build_generator(name: str, **hparams) -> nn.Module:
     """Build a generator by registry name with keyword hyperparameters."""
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; allowed values: {sorted(GENERATORS)}")
-    return GENERATORS[name](**hparams)
+    return generator_spec(name).cls(**hparams)
+
+
+def spec_of(model: nn.Module) -> GeneratorSpec | None:
+    """The registry entry of `model`'s class, or None for a module we did not register."""
+    return next((spec for spec in GENERATORS.values() if type(model) is spec.cls), None)
 
 
 def arch_name_of(model: nn.Module) -> str:
-    for name, cls in GENERATORS.items():
-        if type(model) is cls:
-            return name
-    raise ValueError(f"{type(model).__name__} is not a registered generator")
+    spec = spec_of(model)
+    if spec is None:
+        raise ValueError(f"{type(model).__name__} is not a registered generator; registered: "
+                         f"{sorted(GENERATORS)}")
+    return spec.name
+
+
+def input_multiple(model: nn.Module, scale: int | None = None) -> int:
+    """The side length `model`'s input must be a multiple of (pixel-unshuffle nets need 2 or 4).
+
+    A module we did not register may declare it as an `input_multiple` attribute; without one it
+    is taken to accept any size.
+    """
+    spec = spec_of(model)
+    if spec is None:
+        return int(getattr(model, "input_multiple", 1))
+    return spec.input_multiple(int(scale if scale is not None else model.hparams["upscale"]))
 
 
 DISCRIMINATORS: dict[str, type[nn.Module]] = {

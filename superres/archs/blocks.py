@@ -23,11 +23,6 @@ def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=bias)
 
 
-def check_scale(arch: str, scale: int, allowed: tuple[int, ...]) -> None:
-    if scale not in allowed:
-        raise ValueError(f"{arch}: upscale={scale} is not supported; allowed values: {list(allowed)}")
-
-
 def hparams_of(module: nn.Module) -> dict:
     return dict(getattr(module, "hparams", {}))
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import check_scale
+from .spec import Ambiguous, GeneratorSpec, Hparams, StateDict, count_indexed, factor_channels
 
+SCALES = (1, 2, 3, 4)
 _ACTS = ("prelu", "relu", "leakyrelu")
 
 
@@ -26,9 +27,14 @@ class SRVGGNetCompact(nn.Module):
     def __init__(self, *, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
                  num_conv: int = 16, upscale: int = 4, act_type: str = "prelu") -> None:
         super().__init__()
-        check_scale("compact", upscale, (1, 2, 3, 4))
+        SPEC.check_scale(upscale)
         if act_type not in _ACTS:
             raise ValueError(f"compact: act_type={act_type!r}; allowed values: {list(_ACTS)}")
+        if num_in_ch != num_out_ch and num_in_ch != 1:
+            # the output adds the nearest-upsampled input, which only fits (or broadcasts from one
+            # channel to) num_out_ch channels: 3 -> 1 would silently return 3 channels
+            raise ValueError(f"compact: num_in_ch={num_in_ch} with num_out_ch={num_out_ch}; the input skip "
+                             "needs num_in_ch == num_out_ch or num_in_ch == 1")
         self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
                             num_conv=num_conv, upscale=upscale, act_type=act_type)
         self.upscale = upscale
@@ -45,3 +51,50 @@ class SRVGGNetCompact(nn.Module):
             out = layer(out)
         out = self.upsampler(out)                        # (B, C, H*s, W*s)
         return out + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+
+
+def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
+    """Hyperparameters from our key names and shapes; None when the keys are not a compact net.
+
+    Only PReLU has weights, so relu and leakyrelu look the same: act_type is then Ambiguous unless
+    `given` has it. The last conv has num_out_ch * scale^2 outputs, which for 4 and 16 fits two
+    (channels, scale) pairs: then `upscale` is Ambiguous unless given.
+    """
+    if "body.0.weight" not in state or "conv_first.weight" in state or state["body.0.weight"].ndim != 4:
+        return None
+    given = given or {}
+    n_layers = count_indexed(state, r"body\.(\d+)\.")
+    convs = [i for i in range(n_layers) if getattr(state.get(f"body.{i}.weight"), "ndim", 0) == 4]
+    num_feat, num_in = (int(n) for n in state["body.0.weight"].shape[:2])
+    last_out = int(state[f"body.{convs[-1]}.weight"].shape[0])
+    hp: Hparams = dict(num_in_ch=num_in, num_feat=num_feat, num_conv=len(convs) - 2)
+    has_prelu = getattr(state.get("body.1.weight"), "ndim", 0) == 1
+    if "act_type" in given:
+        hp["act_type"] = given["act_type"]
+    elif has_prelu:
+        hp["act_type"] = "prelu"
+    else:
+        hp["act_type"] = Ambiguous(("relu", "leakyrelu"), "activations without weights (relu and "
+                                   "leakyrelu) leave no trace in the state dict")
+    if "upscale" in given:
+        scale = int(given["upscale"])
+        SPEC.check_scale(scale)
+        if last_out % (scale * scale):
+            raise ValueError(f"compact: the last conv has {last_out} outputs, not a multiple of "
+                             f"upscale^2 = {scale * scale}")
+        return {**hp, "upscale": scale, "num_out_ch": last_out // (scale * scale)}
+    fits = factor_channels(last_out, {s: s * s for s in SCALES})
+    if not fits:
+        raise ValueError(f"compact: the last conv has {last_out} outputs, which is no image channel "
+                         f"count times scale^2 for a scale in {list(SCALES)}")
+    if len(fits) == 1:
+        (scale, num_out), = fits
+        return {**hp, "upscale": scale, "num_out_ch": num_out}
+    why = (f"the last conv has {last_out} outputs: "
+           + " or ".join(f"upscale={s} with {c}-channel output" for s, c in fits))
+    return {**hp, "upscale": Ambiguous(tuple(s for s, _ in fits), why),
+            "num_out_ch": Ambiguous(tuple(c for _, c in fits), why, follows="upscale")}
+
+
+SPEC = GeneratorSpec(name="compact", cls=SRVGGNetCompact, scales=SCALES, input_multiple=lambda scale: 1,
+                     detect=detect)

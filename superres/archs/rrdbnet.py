@@ -3,14 +3,25 @@
 State-dict keys match BasicSR / Real-ESRGAN: conv_first, body.N.rdb{1,2,3}.conv{1..5}, conv_body,
 conv_up1, conv_up2, conv_hr, conv_last. Scales 2 and 1 use pixel-unshuffle on the input, as
 Real-ESRGAN does, so the trunk always runs at 1/4 of the output resolution.
+
+Two older community layouts convert to these names (see `SPEC.conversions`): the ESRGAN repo's
+RRDBNet_arch.py (`RRDB_trunk.N.RDBk`, `trunk_conv`, `upconv1`, `HRconv`) and its first, sequential
+architecture (`model.0`, `model.1.sub.N.RDBk.convM.0`, ..., `model.10`), both x4 only.
 """
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import check_scale, scaled_kaiming_
+from .blocks import scaled_kaiming_
+from .spec import Ambiguous, GeneratorSpec, Hparams, StateDict, count_indexed, factor_channels
+
+SCALES = (1, 2, 4)
+# Pixel-unshuffle factor of the input per scale: the trunk always runs at 1/4 of the output size.
+UNSHUFFLE = {4: 1, 2: 2, 1: 4}
 
 
 class ResidualDenseBlock(nn.Module):
@@ -48,11 +59,11 @@ class RRDBNet(nn.Module):
     def __init__(self, *, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
                  num_block: int = 23, num_grow_ch: int = 32, upscale: int = 4) -> None:
         super().__init__()
-        check_scale("rrdbnet", upscale, (1, 2, 4))
+        SPEC.check_scale(upscale)
         self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
                             num_block=num_block, num_grow_ch=num_grow_ch, upscale=upscale)
         self.upscale = upscale
-        self.unshuffle = {4: 1, 2: 2, 1: 4}[upscale]
+        self.unshuffle = UNSHUFFLE[upscale]
         first_in = num_in_ch * self.unshuffle ** 2
         self.conv_first = nn.Conv2d(first_in, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
@@ -76,3 +87,94 @@ class RRDBNet(nn.Module):
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))  # (B, C, H*s, W*s)
+
+
+# ---------------------------------------------------------------------------------------------
+# facts for the registry: detection from key names, community layouts
+
+def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
+    """Hyperparameters from our key names and shapes; None when the keys are not an RRDBNet.
+
+    conv_first sees num_in_ch * unshuffle^2 channels, so 4 and 16 input channels fit two scales
+    (x4 RGBA or x2 gray; x2 RGBA or x1 gray): then `upscale` is Ambiguous unless `given` has it.
+    """
+    if "conv_first.weight" not in state or "body.0.rdb1.conv1.weight" not in state:
+        return None
+    given = given or {}
+    num_feat, first_in = (int(n) for n in state["conv_first.weight"].shape[:2])
+    hp: Hparams = dict(num_out_ch=int(state["conv_last.weight"].shape[0]), num_feat=num_feat,
+                       num_block=count_indexed(state, r"body\.(\d+)\.rdb1\."),
+                       num_grow_ch=int(state["body.0.rdb1.conv1.weight"].shape[0]))
+    if "upscale" in given:
+        scale = int(given["upscale"])
+        SPEC.check_scale(scale)
+        per_channel = UNSHUFFLE[scale] ** 2
+        if first_in % per_channel:
+            raise ValueError(f"rrdbnet: conv_first has {first_in} input channels, which upscale={scale} "
+                             f"(pixel-unshuffle by {UNSHUFFLE[scale]}) cannot produce")
+        return {**hp, "upscale": scale, "num_in_ch": first_in // per_channel}
+    fits = factor_channels(first_in, {s: u * u for s, u in UNSHUFFLE.items()})
+    if not fits:
+        raise ValueError(f"rrdbnet: conv_first has {first_in} input channels, which is no image channel "
+                         f"count times a pixel-unshuffle factor of {sorted(UNSHUFFLE.values())} squared")
+    if len(fits) == 1:
+        (scale, num_in), = fits
+        return {**hp, "upscale": scale, "num_in_ch": num_in}
+    why = (f"conv_first has {first_in} input channels: "
+           + " or ".join(f"upscale={s} with {c}-channel input" for s, c in fits))
+    return {**hp, "upscale": Ambiguous(tuple(s for s, _ in fits), why),
+            "num_in_ch": Ambiguous(tuple(c for _, c in fits), why, follows="upscale")}
+
+
+def convert_esrgan_trunk(state: StateDict) -> StateDict | None:
+    """ESRGAN's RRDBNet_arch.py names (RRDB_ESRGAN_x4.pth) -> ours; None for other layouts."""
+    if "RRDB_trunk.0.RDB1.conv1.weight" not in state:
+        return None
+    renames = {"trunk_conv.": "conv_body.", "upconv1.": "conv_up1.", "upconv2.": "conv_up2.",
+               "HRconv.": "conv_hr."}
+    out: StateDict = {}
+    for key, value in state.items():
+        new = re.sub(r"^RRDB_trunk\.(\d+)\.RDB(\d)\.", lambda m: f"body.{m[1]}.rdb{m[2]}.", key)
+        for old, ours in renames.items():
+            if new.startswith(old):
+                new = ours + new[len(old):]
+        out[new] = value
+    return out
+
+
+# The first ESRGAN architecture was one nn.Sequential `model`; B.sequential flattened its parts:
+# 0 conv_first, 1 a shortcut block whose `sub` holds the RRDBs then the trunk conv, then for x4
+# (upsample, conv, lrelu) twice, the HR conv, its lrelu, and the last conv.
+_OLD_ARCH_TAIL = {"model.3.": "conv_up1.", "model.6.": "conv_up2.", "model.8.": "conv_hr.",
+                  "model.10.": "conv_last.", "model.0.": "conv_first."}
+
+
+def convert_esrgan_old_arch(state: StateDict) -> StateDict | None:
+    """ESRGAN's original sequential layout (RRDB_ESRGAN_x4_old_arch.pth) -> ours; None otherwise."""
+    if "model.0.weight" not in state or "model.1.sub.0.RDB1.conv1.0.weight" not in state:
+        return None
+    num_block = count_indexed(state, r"model\.1\.sub\.(\d+)\.RDB1\.")
+    if "model.10.weight" not in state or "model.11.weight" in state or "model.13.weight" in state:
+        raise ValueError("old ESRGAN layout (model.N keys) with other than two upsampling steps: only the "
+                         "x4 layout (model.3, model.6, model.8, model.10) matches RRDBNet; its x2/x8 "
+                         "networks upsample differently")
+    trunk = f"model.1.sub.{num_block}."
+    out: StateDict = {}
+    for key, value in state.items():
+        if m := re.match(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$", key):
+            out[f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"] = value
+        elif key.startswith(trunk):
+            out["conv_body." + key[len(trunk):]] = value
+        elif prefix := next((p for p in _OLD_ARCH_TAIL if key.startswith(p)), None):
+            out[_OLD_ARCH_TAIL[prefix] + key[len(prefix):]] = value
+        else:
+            # an unknown key must not be dropped silently: the strict load would not see it
+            raise ValueError(f"old ESRGAN layout: unexpected key {key!r}")
+    return out
+
+
+SPEC = GeneratorSpec(
+    name="rrdbnet", cls=RRDBNet, scales=SCALES, input_multiple=lambda scale: UNSHUFFLE[scale],
+    detect=detect,
+    conversions={"esrgan-trunk": convert_esrgan_trunk, "esrgan-old-arch": convert_esrgan_old_arch},
+)

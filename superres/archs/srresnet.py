@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import check_scale, conv3x3, scaled_kaiming_
+from .blocks import conv3x3, scaled_kaiming_
+from .spec import GeneratorSpec, Hparams, StateDict, count_indexed
+
+SCALES = (2, 3, 4)
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -34,7 +37,7 @@ class MSRResNet(nn.Module):
     def __init__(self, *, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
                  num_block: int = 16, upscale: int = 4) -> None:
         super().__init__()
-        check_scale("msrresnet", upscale, (2, 3, 4))
+        SPEC.check_scale(upscale)
         self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
                             num_block=num_block, upscale=upscale)
         self.upscale = upscale
@@ -62,3 +65,27 @@ class MSRResNet(nn.Module):
         out = self.conv_last(self.lrelu(self.conv_hr(out)))  # (B, C, H*s, W*s)
         base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
         return out + base
+
+
+def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
+    """Hyperparameters from our key names and shapes; None when the keys are not an MSRResNet.
+
+    Every one is visible: x4 has upconv2, x2/x3 have upconv1 with num_feat * scale^2 outputs.
+    """
+    if not {"conv_first.weight", "body.0.conv1.weight", "upconv1.weight"} <= state.keys():
+        return None
+    num_feat, num_in = (int(n) for n in state["conv_first.weight"].shape[:2])
+    if "upconv2.weight" in state:
+        scale = 4
+    else:
+        up_out = int(state["upconv1.weight"].shape[0])
+        scale = next((s for s in SCALES if s != 4 and up_out == num_feat * s * s), 0)
+        if not scale:
+            raise ValueError(f"msrresnet: upconv1 has {up_out} outputs for num_feat={num_feat}; "
+                             f"expected num_feat * scale^2 for a scale in {[s for s in SCALES if s != 4]}")
+    return dict(num_in_ch=num_in, num_out_ch=int(state["conv_last.weight"].shape[0]), num_feat=num_feat,
+                num_block=count_indexed(state, r"body\.(\d+)\.conv1\."), upscale=scale)
+
+
+SPEC = GeneratorSpec(name="msrresnet", cls=MSRResNet, scales=SCALES, input_multiple=lambda scale: 1,
+                     detect=detect)

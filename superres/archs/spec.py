@@ -1,0 +1,74 @@
+"""What the rest of the package may know about a generator architecture, in one record per file.
+
+Each architecture file (rrdbnet.py, srresnet.py, compact.py) defines one `GeneratorSpec` next to its
+class, and the registry in `archs/__init__.py` only collects them. Nothing outside an architecture's
+own file hard-codes its scales, its input multiple or its key names.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+Hparams = dict[str, Any]
+
+# Channel counts an image model can have: gray, gray + alpha, RGB, RGBA. Detection uses it to tell
+# apart layouts that differ only in how a tensor's first dimension factors (RRDBNet's pixel-unshuffle
+# multiplies the input channels by 4 or 16; a compact net's last conv has out * scale^2 channels).
+IMAGE_CHANNELS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Ambiguous:
+    """A hyperparameter the weights cannot reveal: the values that fit them, and why.
+
+    `detect` puts one of these in place of a value rather than guessing; the loader then takes the
+    value from our file metadata or an explicit option, or raises an error naming the key.
+    """
+    choices: tuple[Any, ...]
+    why: str
+    # set when this value follows from another key (RRDBNet's num_in_ch from upscale): passing that
+    # one is enough, so errors ask only for it
+    follows: str | None = None
+
+
+# A conversion takes a state dict and returns it in the architecture's own key names, or None when
+# the state dict is not in that layout (so the loader can try the next one).
+Conversion = Callable[[StateDict], "StateDict | None"]
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    name: str
+    cls: type[nn.Module]
+    scales: tuple[int, ...]
+    # Input sides must be a multiple of input_multiple(scale) (pixel-unshuffle nets); callers pad.
+    input_multiple: Callable[[int], int]
+    # detect(state, given) -> hyperparameters from the arch's own key names and shapes (values the
+    # keys cannot tell are Ambiguous unless `given` has them); None when the keys are not this arch.
+    detect: Callable[[StateDict, "Hparams | None"], "Hparams | None"]
+    # Community key layouts this arch accepts, by name; each maps to our key names exactly, so the
+    # converted state dict loads with strict=True.
+    conversions: dict[str, Conversion] = field(default_factory=dict)
+
+    def check_scale(self, scale: int) -> None:
+        if scale not in self.scales:
+            raise ValueError(f"{self.name}: upscale={scale} is not supported; allowed values: "
+                             f"{list(self.scales)}")
+
+
+def count_indexed(state: StateDict, pattern: str) -> int:
+    """1 + the largest N captured by `pattern` (group 1) over the keys; 0 when none matches."""
+    idx = {int(m[1]) for k in state if (m := re.match(pattern, k))}
+    return max(idx) + 1 if idx else 0
+
+
+def factor_channels(total: int, factors: dict[int, int]) -> list[tuple[int, int]]:
+    """(scale, channels) pairs with channels * factors[scale] == total and channels an image count."""
+    return [(s, total // f) for s, f in factors.items()
+            if total % f == 0 and total // f in IMAGE_CHANNELS]

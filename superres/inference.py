@@ -1,0 +1,357 @@
+"""The inference core: one forward path for upscale, eval, validation and training samples.
+
+`upscale_tensor` is the tensor function: (B, C, H, W) on the model's device -> (B, C, H*s, W*s)
+float32. It pads the input up to the model's input multiple (pixel-unshuffle nets need sides
+divisible by 2 or 4) and crops the output back, runs the chosen precision (bf16/fp16 autocast,
+channels_last) and recomputes in fp32 when the low-precision output has NaN/Inf.
+
+`Upscaler` owns one generator on one device and wraps that function for host-memory images:
+`upscale_pixels` cuts a (H, W, C) array into tiles (tiling.tiled_upscale), so the whole image and the
+result stay in host memory and only one tile at a time visits the device. Alpha, grayscale, resizing,
+PIL / numpy / tensor in and out are wrapped around it. `superres upscale` (upscale.py) is the file job.
+
+Threads (e.g. a web server): one Upscaler may be shared. Its settings are fixed at construction and
+a call mutates nothing shared except the OOM back-off's tile limit, under a lock. Device work takes
+the device's lock (`device_lock`), one tile at a time, so concurrent calls interleave by tile rather
+than run two forwards on one accelerator at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from . import runtime
+from .runtime import ALPHA_MODES, DEFAULT_OVERLAP
+from .archs import input_multiple
+from .images import (ImageData, image_from_array, image_from_pil, image_to_array, image_to_pil, max_value,
+                     resize_image, resize_plane)
+from .models import MODELS, default_model_name, resolve_model_path
+from .tiling import count_tiles, tiled_upscale
+from .weights import load_generator, read_state_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["upscale_tensor", "tensor_to_uint8", "device_lock", "Upscaler", "auto_tile_size", "output_size",
+           "ALPHA_MODES", "DEFAULT_OVERLAP"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the tensor function
+
+def upscale_tensor(model: nn.Module, x: torch.Tensor, *, amp_dtype: torch.dtype | None = None,
+                   channels_last: bool = False, multiple: int | None = None) -> torch.Tensor:
+    """(B, C, H, W) float in [0, 1] on the model's device -> (B, C, H*s, W*s) float32, unclamped.
+
+    multiple: input sides are padded (edge pixels repeated) up to a multiple of it and the output is
+    cropped back; None = the model's own (`archs.input_multiple`). amp_dtype: autocast dtype or None
+    for fp32; a low-precision result with NaN/Inf is recomputed in fp32 (bf16/fp16 overflow in a
+    deep residual trunk is rare but real). The caller keeps the model in eval mode.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"upscale_tensor: expected (B, C, H, W), got shape {tuple(x.shape)}")
+    multiple = input_multiple(model) if multiple is None else multiple
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h or pad_w:
+        # replicate works for any size (reflect needs pad < side); the padded outputs are cut off
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = _forward(model, x, amp_dtype)
+    if y.ndim != 4 or y.shape[-2] % x.shape[-2] or y.shape[-1] % x.shape[-1]:
+        raise ValueError(f"the model returned {tuple(y.shape)} for an input of {tuple(x.shape)}; "
+                         "expected (B, C, H*s, W*s)")
+    s = y.shape[-2] // x.shape[-2]
+    return y[..., :h * s, :w * s] if pad_h or pad_w else y
+
+
+def _forward(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    if amp_dtype is not None:
+        with torch.autocast(x.device.type, dtype=amp_dtype):
+            y = model(x).float()
+        if torch.isfinite(y).all():
+            return y
+        log.warning("non-finite values in a %s forward; recomputing it in fp32", runtime.precision_name(amp_dtype))
+    return model(x.float()).float()
+
+
+def tensor_to_uint8(y: torch.Tensor) -> np.ndarray:
+    """(1, C, H, W) float in [0, 1] -> (H, W, C) uint8 on the host, clamped and rounded (the eval
+    protocol's rounding: an SR image is scored as the file it would be saved as)."""
+    return (y.float().clamp(0, 1) * 255.0).round().to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
+
+
+_LOCKS_GUARD = threading.Lock()
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+
+
+def device_lock(device: torch.device) -> threading.Lock:
+    """The one lock of `device` (per process): hold it around forwards that share that device."""
+    key = str(device)
+    with _LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(key, threading.Lock())
+
+
+# ---------------------------------------------------------------------------------------------
+# host-memory images, tile by tile
+
+MAX_AUTO_TILE = 512      # bigger tiles buy no speed on a CPU and only cost memory
+
+
+def _available_host_memory() -> int:
+    """Bytes of memory available to us (MemAvailable, else a conservative 2 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 30
+
+
+def _bytes_per_lr_pixel(model: nn.Module, scale: int) -> int:
+    """A generous estimate of activation memory per LR pixel during a forward pass.
+
+    The widest tensors are the feature maps after upsampling: num_feat channels at scale^2 output
+    pixels per LR pixel; a few of them are alive at once (input, output, a pixel-shuffle copy).
+    """
+    feat = int(getattr(model, "hparams", {}).get("num_feat", 64))
+    return feat * scale * scale * 4 * 6
+
+
+def auto_tile_size(model: nn.Module, scale: int, device: torch.device) -> int:
+    """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _available_host_memory()
+    side = int((free * 0.5 / _bytes_per_lr_pixel(model, scale)) ** 0.5)
+    return max(32, min(MAX_AUTO_TILE, side // 16 * 16))
+
+
+class Upscaler:
+    """A generator ready to upscale images.
+
+    >>> up = Upscaler.from_pretrained("psnr-x4")
+    >>> sr = up.upscale(Image.open("photo.jpg"))     # PIL in, PIL out; numpy in, numpy out
+
+    tile: LR tile side (0 = whole image at once, None = automatic from free memory).
+    precision: auto|fp32|bf16|fp16 (auto: bf16 + channels_last on CPUs with native bf16, fp16 on
+    CUDA). A tile whose low-precision output has NaN/Inf is recomputed in fp32.
+    Safe to share between threads (see the module docstring).
+    """
+
+    def __init__(self, model: nn.Module, info: dict[str, Any] | None = None, *, device: str = "auto",
+                 precision: str = "auto", tile: int | None = None, tile_overlap: int = DEFAULT_OVERLAP,
+                 name: str | None = None) -> None:
+        self.info = dict(info or {})
+        self.device = runtime.pick_device(device)
+        self.amp_dtype = runtime.pick_precision(precision, self.device)
+        self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"
+        self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        hp = getattr(model, "hparams", {}) or self.info.get("hparams", {})
+        self.scale = int(self.info.get("scale") or hp.get("upscale") or hp.get("scale"))
+        self.in_channels = int(hp.get("num_in_ch", 3))
+        # from the model's registry entry, not its name: pixel-unshuffle nets need padded inputs
+        self.multiple = input_multiple(self.model, self.scale)
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.name = name or self.info.get("name") or self.info.get("arch", "model")
+        self._lock = device_lock(self.device)
+        # The largest tile known to fit after a CUDA OOM (None: no OOM yet); later calls start there
+        # instead of failing again. Only ever lowered, under _limit_lock.
+        self._tile_limit: int | None = None
+        self._limit_lock = threading.Lock()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, strength: float | None = None,
+                        hparams: dict[str, Any] | None = None, **kwargs: Any) -> "Upscaler":
+        """A shipped model by name (None = the default) or any weights file we can load.
+
+        strength in [0, 1] blends a GAN model toward its PSNR twin (ESRGAN network interpolation):
+        1 = the GAN model as trained, 0 = the PSNR model. hparams: hyperparameters a foreign file's
+        keys cannot reveal (e.g. {"act_type": "leakyrelu"}); see weights.load_generator.
+        """
+        name = str(name_or_path) if name_or_path is not None else default_model_name()
+        path = resolve_model_path(name)
+        model, info = load_generator(path, hparams=hparams)
+        info["name"] = name if name in MODELS else Path(name).stem
+        if strength is not None and strength != 1.0:
+            _blend_with_twin(model, info, path, float(strength))
+        return cls(model, info, **kwargs)
+
+    # -- the core -------------------------------------------------------------------------------
+
+    def _run_tile(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, C, h, w) float32 in [0, 1] on the CPU -> (1, C, h*s, w*s) float32 on the device."""
+        with self._lock:
+            x = x.to(self.device, non_blocking=True)
+            return upscale_tensor(self.model, x, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                                  multiple=self.multiple)
+
+    def tile_size(self) -> int:
+        """The LR tile side the next call starts with: the setting (or the automatic size), capped
+        by what the OOM back-off has learnt."""
+        tile = self.tile if self.tile is not None else auto_tile_size(self.model, self.scale, self.device)
+        limit = self._tile_limit
+        if limit is not None and (tile <= 0 or tile > limit):
+            return limit
+        return tile
+
+    def upscale_pixels(self, pixels: np.ndarray, *, on_tile: Callable[[int, int], None] | None = None
+                       ) -> np.ndarray:
+        """(H, W, C) uint8/uint16/float32 array -> (H*s, W*s, C) in the same dtype.
+
+        Any C: a 1-channel image goes through an RGB model as three equal channels and comes back as
+        the mean of the three; RGB through a 1-channel model goes plane by plane.
+        """
+        if pixels.ndim == 2:
+            return self.upscale_pixels(pixels[..., None], on_tile=on_tile)[..., 0]
+        c = pixels.shape[2]
+        if c == self.in_channels:
+            forward = self._run_tile
+        elif self.in_channels == 3 and c == 1:
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return self._run_tile(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+        elif self.in_channels == 1:
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return torch.cat([self._run_tile(x[:, i:i + 1]) for i in range(x.shape[1])], dim=1)
+        else:
+            raise ValueError(f"a {c}-channel image cannot go through a {self.in_channels}-channel model")
+        tile = self.tile_size()
+        while True:
+            try:
+                return tiled_upscale(pixels, forward, scale=self.scale, tile=tile, overlap=self.tile_overlap,
+                                     multiple=self.multiple, on_tile=on_tile)
+            except torch.cuda.OutOfMemoryError:   # only CUDA raises this type
+                torch.cuda.empty_cache()
+                side = tile if tile > 0 else max(pixels.shape[:2])
+                if side <= 32:
+                    raise
+                tile = max(32, side // 2)
+                with self._limit_lock:
+                    if self._tile_limit is None or tile < self._tile_limit:
+                        self._tile_limit = tile
+                log.warning("CUDA out of memory; retrying with tile %d (later calls start there)", tile)
+
+    def count_tiles(self, height: int, width: int) -> int:
+        return count_tiles(height, width, self.tile_size(), self.tile_overlap, self.multiple)
+
+    # -- whole images ---------------------------------------------------------------------------
+
+    def upscale_image(self, img: ImageData, *, outscale: float | None = None, width: int | None = None,
+                      height: int | None = None, alpha: str = "model",
+                      on_tile: Callable[[int, int], None] | None = None) -> ImageData:
+        """An ImageData (colour planes, alpha, ICC, EXIF) upscaled; metadata is carried over."""
+        if alpha not in ALPHA_MODES:
+            raise ValueError(f"alpha={alpha!r}; allowed values: {', '.join(ALPHA_MODES)}")
+        target = output_size(img.width, img.height, self.scale, outscale=outscale, width=width, height=height)
+        pixels = self.upscale_pixels(img.pixels, on_tile=on_tile)
+        out_alpha = None
+        if img.alpha is not None:
+            if alpha == "model":
+                out_alpha = self.upscale_pixels(img.alpha[..., None])[..., 0]
+                _keep_flat_alpha(out_alpha, img.alpha, self.scale)
+            else:
+                out_alpha = resize_plane(img.alpha, img.width * self.scale, img.height * self.scale,
+                                         Image.Resampling.BICUBIC)
+        out = replace(img, pixels=pixels, alpha=out_alpha)
+        return resize_image(out, *target)
+
+    def upscale(self, image: Any, **kwargs: Any) -> Any:
+        """Upscale a PIL image, a numpy array ((H, W) / (H, W, C), C in 1..4, uint8/uint16/float in
+        [0, 1]), a torch tensor ((C, H, W) or (N, C, H, W) in [0, 1]) or an ImageData; the result has
+        the input's type (and dtype/mode where it can hold the result). Keyword arguments as
+        `upscale_image` (outscale, width, height, alpha).
+        """
+        if isinstance(image, ImageData):
+            return self.upscale_image(image, **kwargs)
+        if isinstance(image, Image.Image):
+            out = self.upscale_image(image_from_pil(image), **kwargs)
+            return image_to_pil(out, image.mode)
+        if isinstance(image, np.ndarray):
+            return image_to_array(self.upscale_image(image_from_array(image), **kwargs), image)
+        if isinstance(image, torch.Tensor):
+            if image.ndim == 4:
+                return torch.stack([self.upscale(t, **kwargs) for t in image])
+            # through the array path, which knows gray+alpha and RGBA (C = 2, 4) as well
+            arr = np.ascontiguousarray(image.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy())
+            out = self.upscale(arr, **kwargs)
+            return torch.from_numpy(out).permute(2, 0, 1).to(image.device, image.dtype)
+        raise TypeError(f"cannot upscale a {type(image).__name__}; pass a PIL image, a numpy array, "
+                        "a torch tensor or an ImageData")
+
+    __call__ = upscale
+
+
+
+def _keep_flat_alpha(out: np.ndarray, lr: np.ndarray, scale: int) -> None:
+    """In place: where the LR alpha is fully transparent (or fully opaque) over a whole 3x3
+    neighbourhood, the model's alpha becomes exactly 0 (or full).
+
+    A network's output drifts by a level or two on flat input (biases, GAN texture); on an alpha
+    plane that turns a transparent background into a faint veil over the whole image.
+    """
+    h, w = lr.shape
+    if out.shape != (h * scale, w * scale) or not out.flags.c_contiguous:
+        return   # the reshape below would be a copy, and writing to it would change nothing
+    full = max_value(lr.dtype)
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(lr, 1, mode="edge"), (3, 3))
+    lo, hi = win.min(axis=(2, 3)), win.max(axis=(2, 3))
+    view = out.reshape(h, scale, w, scale)   # a view: out is the fresh contiguous model output
+    np.copyto(view, np.asarray(0, out.dtype), where=(hi == 0)[:, None, :, None])
+    np.copyto(view, np.asarray(full, out.dtype), where=(lo == full)[:, None, :, None])
+
+
+def output_size(w: int, h: int, scale: int, *, outscale: float | None = None, width: int | None = None,
+                height: int | None = None) -> tuple[int, int]:
+    """The final (width, height): the model's scale, or --outscale, or --width/--height (one of them
+    keeps the aspect ratio)."""
+    if outscale is not None and (width or height):
+        raise ValueError("give either outscale or width/height, not both")
+    if width or height:
+        if width and height:
+            return int(width), int(height)
+        if width:
+            return int(width), max(1, round(h * width / w))
+        return max(1, round(w * height / h)), int(height)
+    f = scale if outscale is None else float(outscale)
+    if f <= 0:
+        raise ValueError(f"outscale must be positive, got {outscale}")
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def _blend_with_twin(model: nn.Module, info: dict[str, Any], path: Path, strength: float) -> None:
+    """In place: weights = strength * this model + (1 - strength) * its PSNR twin."""
+    from .export import interpolate_state_dicts
+
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    twin = info.get("metadata", {}).get("psnr_twin")
+    if not twin:
+        raise ValueError(f"{path.name} has no PSNR twin recorded in its metadata (psnr_twin), so "
+                         "--strength cannot blend it; use `superres interpolate` with two files instead")
+    twin_path = resolve_model_path(twin) if twin in MODELS else (path.parent / twin)
+    twin_state, _ = read_state_dict(twin_path)
+    blended = interpolate_state_dicts(twin_state, model.state_dict(), strength)
+    model.load_state_dict(blended, strict=True)
+    info["strength"] = strength
+    info["name"] = f"{info.get('name', path.stem)}@{strength:g}"

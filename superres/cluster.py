@@ -97,8 +97,8 @@ def run_on_ray(args: argparse.Namespace, plan: list[tuple[Path, Path]], fmt: str
     workers = args.workers or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus
                                else max(1, cpus_total))
     workers = max(1, min(workers, len(plan)))
-    options = {"name_or_path": args.model, "strength": args.strength, "device": args.device,
-               "precision": args.precision, "tile": args.tile, "tile_overlap": args.tile_overlap}
+    from .upscale import upscaler_options
+    options = upscaler_options(args)
     fields = ("overwrite", "outscale", "width", "height", "alpha", "quality", "max_pixels",
               "max_output_pixels")
     worker_args = {k: getattr(args, k, None) for k in fields}

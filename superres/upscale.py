@@ -55,6 +55,22 @@ __all__ = ["Upscaler", "auto_tile_size", "output_size", "gather_inputs", "upscal
 # ---------------------------------------------------------------------------------------------
 # the command
 
+def upscaler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`Upscaler.from_pretrained` keywords from the command line (the local loop, video, Ray workers)."""
+    return {"name_or_path": args.model, "strength": args.strength, "device": args.device,
+            "precision": args.precision, "tile": args.tile, "tile_overlap": args.tile_overlap}
+
+
+def _load_upscaler(args: argparse.Namespace) -> "Upscaler | None":
+    """The model the options name, or None after logging why not (a usage error: exit 2)."""
+    from .inference import Upscaler
+    try:
+        return Upscaler.from_pretrained(**upscaler_options(args))
+    except (ModelNotFound, ValueError, runtime.RuntimeChoiceError) as e:
+        log.error("%s", e)
+        return None
+
+
 def _run_video(args: argparse.Namespace) -> int:
     """One video file in, one video file out (superres.video); needs the [video] extra."""
     try:
@@ -62,13 +78,9 @@ def _run_video(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         log.error("video input needs PyAV: pip install -c constraints.txt -e '.[video]'")
         return 2
-    from .inference import Upscaler
     from .video import run_video
-    try:
-        up = Upscaler.from_pretrained(args.model, strength=args.strength, device=args.device,
-                                      precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap)
-    except (ModelNotFound, ValueError, runtime.RuntimeChoiceError) as e:
-        log.error("%s", e)
+    up = _load_upscaler(args)
+    if up is None:
         return 2
     src, dst = Path(args.inputs[0]), Path(args.output).expanduser()
     if dst.is_dir():
@@ -419,8 +431,6 @@ def run_upscale(args: argparse.Namespace) -> int:
         return _run_video(args)
     from tqdm import tqdm
 
-    from .inference import Upscaler
-
     items, errors = gather_inputs(args.inputs, args.recursive)
     for e in errors:
         log.error(e)
@@ -443,11 +453,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     input_paths = {f.resolve() for f, _ in items}
     if args.ray:
         return _run_on_ray(args, [(src, dst) for src, _, dst in plan], fmt, input_paths, errors)
-    try:
-        up = Upscaler.from_pretrained(args.model, strength=args.strength, device=args.device,
-                                      precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap)
-    except (ModelNotFound, ValueError, runtime.RuntimeChoiceError) as e:
-        log.error("%s", e)
+    up = _load_upscaler(args)
+    if up is None:
         return 2
     log.info("model %s (%s x%d) on %s, %s", up.name, up.info.get("arch"), up.scale, up.device,
              runtime.precision_name(up.amp_dtype))

@@ -351,7 +351,7 @@ def _onnx_backend(up: "Upscaler", tmp: Path) -> Backend:
     return b
 
 
-def _compile_backend(up: "Upscaler") -> Backend:
+def _compile_backend(up: "Upscaler", tmp: Path) -> Backend:
     """torch.compile of the model, run exactly as the core runs it (same precision and layout)."""
     b = Backend("torch.compile")
     from .inference import upscale_tensor
@@ -373,7 +373,8 @@ def _compile_backend(up: "Upscaler") -> Backend:
     return b
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"onnxruntime": _onnx_backend, "torch.compile": _compile_backend}
+# name -> factory(upscaler, temp folder); a factory reports what stops it in Backend.error
+BACKENDS: dict[str, Callable[["Upscaler", Path], Backend]] = {"onnxruntime": _onnx_backend, "torch.compile": _compile_backend}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,8 +498,12 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
         memory = measure_peak_rss(name, args.memory_size, device=args.device, precision=args.precision,
                                   tile=args.tile, workdir=workdir, threads=args.threads)
 
-    backends = [BACKENDS[b](up, workdir) if b == "onnxruntime" else BACKENDS[b](up)
-                for b in args.backend_list]
+    backends = []
+    for b in args.backend_list:
+        try:
+            backends.append(BACKENDS[b](up, workdir))
+        except Exception as e:   # a backend is optional: its failure is a result, not the end of the run
+            backends.append(Backend(b, error=f"{type(e).__name__}: {e}"))
 
     rows = []
     for width, height in sizes:

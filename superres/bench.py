@@ -85,6 +85,8 @@ columns (all MP/s are output megapixels per second; median over --repeats, min-m
                at that conv speed; e2e MP/s above it means a measurement is wrong
   RSS MB       peak resident memory of a `superres upscale` process on a 2000x1500 PNG with the
                default tile (one value per model; --no-memory skips it)
+  spread       (max - min) / median of the noisiest timed column of the row (IQR and min/max of
+               each column are in the JSON): more than a few percent means a busy machine
 also measured once per run: process start-up (`superres --help`, `python -c "import superres"`,
 `import superres.inference`), and, when installed, ONNX Runtime (our ONNX export) and torch.compile
 as extra backends, with their one-time cost (export / compile) shown separately. A part that fails
@@ -604,6 +606,14 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _worst_spread(spreads: dict[str, dict[str, float]]) -> str:
+    """(max - min) / median of the noisiest of a row's timed paths, as a percentage: one glance tells
+    whether the row's ratios can be trusted (a few % on an idle machine; tens of % on a busy one)."""
+    # one run has no spread to show, and 0% would read as "perfectly steady"
+    rel = [(s["max"] - s["min"]) / s["median"] for s in spreads.values() if s["median"] and s["n"] > 1]
+    return f"{100 * max(rel):.0f}%" if rel else "-"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A Markdown table of the results (pastes into the README as it is), machine line first."""
     m = report["machine"]
@@ -611,7 +621,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"{m['cpu_model']}, {m['cores']} cores ({isa}); torch {m['torch_version']}, "
              f"{m['threads']} threads, {m['device']}, {m['precision']}", ""]
     header = ["model", "input", "e2e MP/s", "model MP/s", "folder MP/s", "ref MP/s", "x ref", "kFLOP/px",
-              "GFLOP/s", "peak", "%peak", "ceiling", "RSS MB"]
+              "GFLOP/s", "peak", "%peak", "ceiling", "RSS MB", "spread"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for r in report["results"]:
@@ -621,7 +631,7 @@ def format_table(report: dict[str, Any]) -> str:
                  _fmt(r["speedup_vs_reference"], ".2f"), _fmt(r["flops_per_pixel"] / 1e3, ".4g"),
                  _fmt(r["gflops"], ".1f"), _fmt(r["peak_gflops"], ".1f"),
                  "-" if frac is None else f"{100 * frac:.0f}%", _fmt(r["ceiling_mp_per_s"]),
-                 _fmt(r["peak_rss_mb"], ".0f")]
+                 _fmt(r["peak_rss_mb"], ".0f"), _worst_spread(r["spread"])]
         lines.append("| " + " | ".join(cells) + " |")
     extra = []
     for r in report["results"]:

@@ -111,6 +111,14 @@ def test_summarize():
     assert one["median"] == one["q1"] == one["q3"] == 2.5
 
 
+def test_spread_column():
+    steady = {"median": 2.0, "min": 1.9, "max": 2.1, "q1": 2.0, "q3": 2.0, "n": 5}
+    noisy = {"median": 1.0, "min": 0.5, "max": 1.5, "q1": 0.8, "q3": 1.2, "n": 5}
+    assert bench._worst_spread({"a": steady, "b": noisy}) == "100%"
+    assert bench._worst_spread({"a": steady}) == "10%"
+    assert bench._worst_spread({"a": {**steady, "n": 1}}) == "-"   # one run has no spread
+
+
 @pytest.mark.parametrize("text, size", [("256x256", (256, 256)), ("500x480", (500, 480)), ("64", (64, 64)),
                                         ("32X16", (32, 16))])
 def test_parse_size(text, size):

@@ -497,8 +497,11 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
     memory: dict[str, Any] = {"peak_rss_mb": None, "skipped": True}
     if args.memory:
         log.info("%s: peak memory of `superres upscale` on %dx%d", up.name, *args.memory_size)
-        memory = measure_peak_rss(name, args.memory_size, device=args.device, precision=args.precision,
-                                  tile=args.tile, workdir=workdir, threads=args.threads)
+        try:
+            memory = measure_peak_rss(name, args.memory_size, device=args.device, precision=args.precision,
+                                      tile=args.tile, workdir=workdir, threads=args.threads)
+        except (OSError, subprocess.SubprocessError, ValueError) as e:   # recorded; the speed rows still count
+            memory = {"peak_rss_mb": None, "error": f"{type(e).__name__}: {e}"}
 
     backends = []
     for b in args.backend_list:

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "interpolate": ("superres.export",
                     "Blend two models of the same architecture (ESRGAN network interpolation). "
                     "Example: superres interpolate psnr.safetensors gan.safetensors --alpha 0.7 -o mix.safetensors"),
+    "bench": ("superres.bench",
+              "Measure upscaling speed (end to end, model only, folder, a plain reference loop) against "
+              "the FLOPs of the model and the conv peak of this machine; columns are explained in "
+              "`superres bench --help`. Example: superres bench --model psnr-x4 --size 256x256 --json bench.json"),
 }
 
 

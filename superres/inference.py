@@ -255,6 +255,30 @@ class Upscaler:
     def count_tiles(self, height: int, width: int) -> int:
         return count_tiles(height, width, self.tile_size(), self.tile_overlap, self.multiple)
 
+    def upscale_frames(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Several same-size uint8 (H, W, C) frames (video) -> their upscales, several per forward
+        when they fit together in one tile's area (the memory the tile size was chosen for);
+        otherwise frame by frame through the tiles. The result of a frame is what `upscale_pixels`
+        gives it, up to the last bit of fp32 arithmetic that a different batch size may change (conv
+        kernels pick their blocking by shape)."""
+        if not frames:
+            return []
+        h, w, c = frames[0].shape
+        tile = self.tile_size()
+        per = len(frames) if tile <= 0 else (tile * tile) // (h * w)
+        same = all(f.shape == frames[0].shape and f.dtype == np.uint8 for f in frames)
+        if len(frames) == 1 or per < 2 or not same or c != self.in_channels:
+            return [self.upscale_pixels(f) for f in frames]
+        if len(frames) > per:
+            return [y for i in range(0, len(frames), per) for y in self.upscale_frames(frames[i:i + per])]
+        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)   # (B, C, H, W)
+        with self._lock:
+            y = upscale_tensor(self.model, x.to(self.device), amp_dtype=self.amp_dtype,
+                               channels_last=self.channels_last, multiple=self.multiple)
+        # The same rounding as tiling._finish: clip, scale, +0.5, truncate.
+        out = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return list(out)
+
     # -- whole images ---------------------------------------------------------------------------
 
     def upscale_image(self, img: ImageData, *, outscale: float | None = None, width: int | None = None,

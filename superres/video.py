@@ -60,6 +60,7 @@ class VideoOptions:
     preset: str = "medium"
     pix_fmt: str = "yuv420p"
     segment_seconds: float = 10.0
+    batch: int = 4            # frames per forward (when they fit in one tile's area)
 
     def check(self) -> None:
         import av
@@ -71,6 +72,8 @@ class VideoOptions:
                              "visually lossless for x264)")
         if not self.segment_seconds > 0:
             raise VideoError(f"--segment-seconds {self.segment_seconds:g}: must be > 0")
+        if self.batch < 1:
+            raise VideoError(f"--batch-frames {self.batch}: must be >= 1")
 
     def encoder_options(self) -> dict[str, str]:
         opts = {"bf": "0"}   # no B-frames: decoding timestamps must increase across segment joins
@@ -233,6 +236,22 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
         writer: _SegmentWriter | None = None
         rotation = 0
         frames = upscaled = 0
+        pending: list[Any] = []   # decoded frames waiting for a batch; never across a segment end
+
+        def flush() -> None:
+            nonlocal upscaled
+            if not pending:
+                return
+            outs = up.upscale_frames([_rgb(f) for f in pending])
+            for f, sr in zip(pending, outs):
+                writer.write(sr, f.pts, f.time_base)
+                upscaled += 1
+                bar.update(1)
+                if on_frame is not None:
+                    on_frame(upscaled + skipped, total)
+            pending.clear()
+
+        skipped = 0
         bar = tqdm(total=total, desc=src.name, unit="frame", disable=not progress, file=sys.stderr,
                    smoothing=0.1)
         try:
@@ -242,19 +261,20 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
                     rotation = int(getattr(frame, "rotation", 0) or 0)
                 k = n // seg_frames
                 if k in done_segments:
+                    skipped += 1
                     bar.update(1)
                     continue
                 if writer is not None and writer.path != _segment_path(parts, k):
+                    flush()
                     writer.close()
                     writer = None
                 if writer is None:
                     writer = _SegmentWriter(_segment_path(parts, k), vin, size, opts)
-                writer.write(up.upscale_pixels(_rgb(frame)), frame.pts, frame.time_base)
-                upscaled += 1
-                bar.update(1)
-                if on_frame is not None:
-                    on_frame(n + 1, total)
+                pending.append(frame)
+                if len(pending) >= opts.batch:
+                    flush()
             if writer is not None:
+                flush()
                 writer.close()
                 writer = None
         finally:
@@ -351,6 +371,9 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pix-fmt", default="yuv420p", help="output pixel format (default yuv420p)")
     g.add_argument("--segment-seconds", type=float, default=10.0,
                    help="encode in segments of this length; --resume restarts at the first missing one")
+    g.add_argument("--batch-frames", type=int, default=4, metavar="N",
+                   help="frames per forward when they fit in one tile's area together (default 4; "
+                        "1 = frame by frame through the tiles)")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted video from its last finished segment")
 
@@ -367,7 +390,7 @@ def run_video(args: argparse.Namespace, up: Any, src: Path, dst: Path) -> int:
         log.error("%s: a video output needs a video extension (%s)", dst, ", ".join(VIDEO_EXTENSIONS[:6]))
         return 2
     opts = VideoOptions(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
-                        segment_seconds=args.segment_seconds)
+                        segment_seconds=args.segment_seconds, batch=args.batch_frames)
     try:
         res = upscale_video(src, dst, up, opts, resume=args.resume, progress=not args.no_progress)
     except VideoError as e:

@@ -48,7 +48,7 @@ from . import runtime
 from .archs import build_discriminator, build_generator
 from .config import Config, ConfigError, config_digest, load_config, save_config, uses_discriminator
 from .data import IndexStreamSampler, PatchDataset
-from .losses import (GAN_LOSSES, RELATIVISTIC, TextureLoss, VGGPerceptualLoss, artifact_loss,
+from .losses import (GAN_LOSSES, RELATIVISTIC, DLoss, GLoss, TextureLoss, VGGPerceptualLoss, artifact_loss,
                      feature_matching_loss, pixel_loss, r1_penalty)
 from .weights import atomic_write_bytes, load_generator, save_weights
 
@@ -442,6 +442,10 @@ class LossMeter:
         return out
 
 
+Optimizer = torch.optim.Optimizer
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
 @dataclass
 class RunState:
     """Everything one training process holds: built by `setup_run`, advanced by the loop in `train`.
@@ -460,14 +464,14 @@ class RunState:
     gen: nn.Module
     gen_train: nn.Module
     ema: nn.Module
-    opt_g: torch.optim.Optimizer
-    sched_g: torch.optim.lr_scheduler.LRScheduler
+    opt_g: Optimizer
+    sched_g: Scheduler
     disc: nn.Module | None
     disc_train: nn.Module | None
-    opt_d: torch.optim.Optimizer | None
-    sched_d: torch.optim.lr_scheduler.LRScheduler | None
-    g_adv_loss: Any
-    d_adv_loss: Any
+    opt_d: Optimizer | None
+    sched_d: Scheduler | None
+    g_adv_loss: GLoss
+    d_adv_loss: DLoss
     need_real_logits: bool  # G's losses read D on the real batch too (relativistic GAN, feature matching)
     percep: nn.Module | None
     texture: nn.Module | None
@@ -567,7 +571,8 @@ def setup_run(cfg: Config, run_dir: Path, resume: str | None, overwrite: bool) -
     return rs
 
 
-def build_generator_side(cfg: Config, device: torch.device, mem_format: torch.memory_format):
+def build_generator_side(cfg: Config, device: torch.device, mem_format: torch.memory_format
+                         ) -> tuple[nn.Module, nn.Module, Optimizer, Scheduler]:
     """The generator (from model.pretrained when given), its EMA copy, optimiser and schedule."""
     gen = build_generator(cfg.model.arch, upscale=cfg.model.scale, **cfg.model.hparams)
     if cfg.model.pretrained:  # check_paths made sure the file exists
@@ -585,7 +590,8 @@ def build_generator_side(cfg: Config, device: torch.device, mem_format: torch.me
     return gen, ema, opt_g, sched_g
 
 
-def build_discriminator_side(cfg: Config, device: torch.device, mem_format: torch.memory_format):
+def build_discriminator_side(cfg: Config, device: torch.device, mem_format: torch.memory_format
+                             ) -> tuple[nn.Module | None, Optimizer | None, Scheduler | None]:
     """Stage 2 only: the discriminator, its optimiser and schedule; (None, None, None) in stage 1."""
     if not uses_discriminator(cfg):
         return None, None, None
@@ -599,7 +605,8 @@ def build_discriminator_side(cfg: Config, device: torch.device, mem_format: torc
     return disc, opt_d, sched_d
 
 
-def build_feature_losses(cfg: Config, device: torch.device, mem_format: torch.memory_format):
+def build_feature_losses(cfg: Config, device: torch.device, mem_format: torch.memory_format
+                         ) -> tuple[nn.Module | None, nn.Module | None]:
     """The VGG perceptual and texture losses, each None when its weight is 0."""
     lo = cfg.losses
     percep = texture = None
@@ -623,7 +630,7 @@ def build_feature_losses(cfg: Config, device: torch.device, mem_format: torch.me
     return percep, texture
 
 
-def build_degrader(cfg: Config, dinfo: DistInfo):
+def build_degrader(cfg: Config, dinfo: DistInfo) -> tuple[Any, torch.Generator | None]:
     """data.degradation = realistic: the batch-wise degrader and its seeded RNG; else (None, None)."""
     if cfg.data.degradation != "realistic":
         return None, None

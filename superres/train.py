@@ -19,6 +19,12 @@ Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) the run is da
 on CPU, NCCL on CUDA. data.batch_size is the GLOBAL batch, split evenly over the ranks; rank r
 takes global samples r, r+W, ..., so W ranks see exactly the samples one process would. Only rank 0
 logs, validates and writes checkpoints.
+
+Reading order: `train` at the end of the loop section is the loop itself. `setup_run` builds a
+`RunState` (everything one process holds: models, optimisers, EMA, scaler, batches, step, outputs);
+each step is `generator_step` then `discriminator_step`; `log_losses`, `validate_and_keep_best` and
+`save_checkpoint` run at their intervals. Losses stay on the device (`LossMeter`) until a log,
+validation or checkpoint reads them, so a GPU is not made to wait every step.
 """
 from __future__ import annotations
 

@@ -19,6 +19,12 @@ Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) the run is da
 on CPU, NCCL on CUDA. data.batch_size is the GLOBAL batch, split evenly over the ranks; rank r
 takes global samples r, r+W, ..., so W ranks see exactly the samples one process would. Only rank 0
 logs, validates and writes checkpoints.
+
+Reading order: `train` at the end of the loop section is the loop itself. `setup_run` builds a
+`RunState` (everything one process holds: models, optimisers, EMA, scaler, batches, step, outputs);
+each step is `generator_step` then `discriminator_step`; `log_losses`, `validate_and_keep_best` and
+`save_checkpoint` run at their intervals. Losses stay on the device (`LossMeter`) until a log,
+validation or checkpoint reads them, so a GPU is not made to wait every step.
 """
 from __future__ import annotations
 
@@ -33,9 +39,9 @@ import signal
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -48,7 +54,7 @@ from . import runtime
 from .archs import build_discriminator, build_generator
 from .config import Config, ConfigError, config_digest, load_config, save_config, uses_discriminator
 from .data import IndexStreamSampler, PatchDataset
-from .losses import (GAN_LOSSES, RELATIVISTIC, TextureLoss, VGGPerceptualLoss, artifact_loss,
+from .losses import (GAN_LOSSES, RELATIVISTIC, DLoss, GLoss, TextureLoss, VGGPerceptualLoss, artifact_loss,
                      feature_matching_loss, pixel_loss, r1_penalty)
 from .weights import atomic_write_bytes, load_generator, save_weights
 
@@ -388,25 +394,135 @@ def check_finite(values: dict[str, float], step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# run state: what setup builds and the loop reads and advances
 
-def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
-    """Train as configured; returns a summary dict (final step, best metric, run folder, and the
-    signal number if a signal stopped it early, else None).
+class LossMeter:
+    """The losses of the steps since the last read, kept as detached tensors on the device.
 
-    resume: "auto" (the run folder's latest checkpoint) or a checkpoint file. overwrite: replace a
-    run already in run_dir. Without either, a run folder that holds a run is an error.
+    Reading a value (`.item()`) waits for the device to finish, so it happens once per log interval
+    (and before anything is written), not once per step. Each step's values are kept rather than
+    summed on the device so the NaN guard can still name the first bad step, and the mean is summed
+    in the same order, in float64, as when every step was read on its own.
     """
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    t, lg, lo = cfg.train, cfg.log, cfg.losses
+
+    def __init__(self, check_finite: bool) -> None:
+        # With an fp16 GradScaler an inf step is skipped by the scaler itself; otherwise it is fatal.
+        self.check_finite = check_finite
+        self.pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.poisoned = False  # a non-finite loss was found: nothing this process trained may be saved
+
+    def add(self, step: int, logs: dict[str, torch.Tensor]) -> None:
+        """Record step `step`'s (0-based) values; detached so no autograd graph outlives its step."""
+        self.pending.append((step, {k: v.detach() for k, v in logs.items()}))
+
+    def settle(self) -> None:
+        """Read the pending values in one device sync and add them to the sums.
+
+        Raises FloatingPointError at the first non-finite step, before the caller writes anything."""
+        if self.poisoned:
+            raise FloatingPointError("a non-finite loss was found earlier in this run")
+        if not self.pending:
+            return
+        flat = [v.reshape(()).to(torch.float64) for _, logs in self.pending for v in logs.values()]
+        read = iter(torch.stack(flat).tolist() if flat else [])
+        pending, self.pending = self.pending, []
+        for step, logs in pending:
+            values = {k: next(read) for k in logs}
+            if self.check_finite:
+                try:
+                    check_finite(values, step)
+                except FloatingPointError:
+                    self.poisoned = True
+                    raise
+            for k, v in values.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                self.counts[k] = self.counts.get(k, 0) + 1
+
+    def drain(self) -> tuple[dict[str, float], dict[str, int]]:
+        """Settle, then hand over and reset the sums and counts of the log interval."""
+        self.settle()
+        out = (self.sums, self.counts)
+        self.sums, self.counts = {}, {}
+        return out
+
+
+Optimizer = torch.optim.Optimizer
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class RunState:
+    """Everything one training process holds: built by `setup_run`, advanced by the loop in `train`.
+
+    gen_train / disc_train are what forward and backward go through: the DistributedDataParallel
+    wrappers under torchrun, else the modules themselves. gen / disc are always the raw modules
+    (state dicts, and D judging G's output while D is frozen).
+    """
+
+    cfg: Config
+    run_dir: Path
+    dinfo: DistInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    mem_format: torch.memory_format
+    gen: nn.Module
+    gen_train: nn.Module
+    ema: nn.Module
+    opt_g: Optimizer
+    sched_g: Scheduler
+    disc: nn.Module | None
+    disc_train: nn.Module | None
+    opt_d: Optimizer | None
+    sched_d: Scheduler | None
+    g_adv_loss: GLoss
+    d_adv_loss: DLoss
+    need_real_logits: bool  # G's losses read D on the real batch too (relativistic GAN, feature matching)
+    percep: nn.Module | None
+    texture: nn.Module | None
+    scaler: torch.amp.GradScaler
+    degrader: Any  # RealisticDegrader or None (the dataset makes LR itself)
+    deg_rng: torch.Generator | None
+    batches: Iterator[dict[str, torch.Tensor]]
+    # The checkpoint's sampler position is sample_base + (step - step_base) * global batch.
+    sample_base: int
+    step_base: int
+    was_deterministic: bool  # restored when the run ends
+    resumed_from: Path | None
+    step: int = 0
+    best: float | None = None
+    last_saved: int = -1  # the step of the newest checkpoint on disk, -1 for none
+    meter: LossMeter = field(default_factory=lambda: LossMeter(True))
+    metrics_file: Any = None  # rank 0: metrics.jsonl, open for appending
+    tb: Any = None  # rank 0: a TensorBoard SummaryWriter, or None
+    health: GanHealth = field(default_factory=GanHealth)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def trains_g(self) -> bool:
+        """Stage 1 trains G every step; stage 2 trains D every step and G after D's warm-up, on every
+        d_steps_per_g-th step."""
+        t = self.cfg.train
+        return self.disc is None or (self.step >= t.d_warmup_steps
+                                     and (self.step - t.d_warmup_steps) % t.d_steps_per_g == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+def setup_run(cfg: Config, run_dir: Path, resume: str | None, overwrite: bool) -> RunState:
+    """Check inputs, make the run folder, build everything and restore a checkpoint: a RunState at
+    the step the loop starts from. The order of the random draws here is part of the resume
+    contract: a resumed run must end up with the RNG state a straight run had at that step."""
+    t = cfg.train
     # Every rank checks before any rank writes (init_distributed waits for all of them).
     check_paths(cfg)
     check_run_folder(run_dir, resume, overwrite)
     dinfo = init_distributed(t.device)
-    main = dinfo.is_main
-    if main:
+    if dinfo.is_main:
         if overwrite:
             clear_run_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -427,39 +543,79 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
     if cfg.data.batch_size % dinfo.world_size:
         raise ConfigError(f"data.batch_size = {cfg.data.batch_size} is the global batch and must be "
                           f"divisible by the {dinfo.world_size} processes")
-    batch_per_rank = cfg.data.batch_size // dinfo.world_size
     log.info("device %s, precision %s, channels_last %s, %d process(es) x batch %d", device,
-             amp_dtype or "fp32", t.channels_last, dinfo.world_size, batch_per_rank)
+             amp_dtype or "fp32", t.channels_last, dinfo.world_size, cfg.data.batch_size // dinfo.world_size)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    gen, ema, opt_g, sched_g = build_generator_side(cfg, device, mem_format)
+    disc, opt_d, sched_d = build_discriminator_side(cfg, device, mem_format)
+    g_adv_loss, d_adv_loss = GAN_LOSSES[cfg.losses.gan_type]
+    percep, texture = build_feature_losses(cfg, device, mem_format)
+    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (a disabled scaler
+    # passes everything through unchanged).
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    degrader, deg_rng = build_degrader(cfg, dinfo)
 
-    # -- generator, its EMA copy and optimiser ----------------------------------------------
+    rs = RunState(cfg=cfg, run_dir=run_dir, dinfo=dinfo, device=device, amp_dtype=amp_dtype,
+                  mem_format=mem_format, gen=gen, gen_train=gen, ema=ema, opt_g=opt_g, sched_g=sched_g,
+                  disc=disc, disc_train=disc, opt_d=opt_d, sched_d=sched_d, g_adv_loss=g_adv_loss,
+                  d_adv_loss=d_adv_loss,
+                  need_real_logits=disc is not None and (cfg.losses.gan_type in RELATIVISTIC
+                                                         or cfg.losses.feature_matching > 0),
+                  percep=percep, texture=texture, scaler=scaler, degrader=degrader, deg_rng=deg_rng,
+                  batches=iter(()), sample_base=0, step_base=0, was_deterministic=was_deterministic,
+                  resumed_from=None, meter=LossMeter(check_finite=not scaler.is_enabled()))
+    resume_rng, next_sample = restore_checkpoint(rs, resume)
+    if resume and dinfo.is_main:  # also `--resume auto` without a checkpoint: records after it are redone
+        truncate_metrics(run_dir / "metrics.jsonl", rs.step)
+    wrap_distributed(rs)
+    open_batches(rs, next_sample)
+    # Creating the batch iterator drew the loader's base seed from the global torch RNG (one int64,
+    # two 32-bit words). A straight run drew it before step 0, so the saved state already includes
+    # it: restoring before open_batches would put every later checkpoint's RNG state two draws ahead.
+    if resume_rng is not None:
+        set_rng_state(resume_rng)
+    return rs
+
+
+def build_generator_side(cfg: Config, device: torch.device, mem_format: torch.memory_format
+                         ) -> tuple[nn.Module, nn.Module, Optimizer, Scheduler]:
+    """The generator (from model.pretrained when given), its EMA copy, optimiser and schedule."""
     gen = build_generator(cfg.model.arch, upscale=cfg.model.scale, **cfg.model.hparams)
     if cfg.model.pretrained:  # check_paths made sure the file exists
         src, info = load_generator(cfg.model.pretrained)
         init_generator_from(gen, cfg.model.arch, src, info["arch"], cfg.model.pretrained)
     gen = gen.to(device, memory_format=mem_format)
+    # Built rather than deep-copied: its random init draws from the torch RNG, and resume exactness
+    # depends on the draws setup makes staying what they were.
     ema = build_generator(cfg.model.arch, upscale=cfg.model.scale, **cfg.model.hparams)
     ema.load_state_dict(gen.state_dict())
     ema = ema.to(device, memory_format=mem_format).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.optim.lr_g, betas=tuple(cfg.optim.betas),
                              weight_decay=cfg.optim.weight_decay)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(cfg))
+    return gen, ema, opt_g, sched_g
 
-    # -- stage 2 only: discriminator, its optimiser, the GAN loss pair ----------------------
-    disc = opt_d = sched_d = None
-    if uses_discriminator(cfg):
-        disc = build_discriminator(cfg.disc.arch, **cfg.disc.hparams).to(device, memory_format=mem_format)
-        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr_d, betas=tuple(cfg.optim.betas),
-                                 weight_decay=cfg.optim.weight_decay)
-        sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(cfg))
-        log.info("discriminator %s %s; GAN loss %s (weight %g), feature matching %g", cfg.disc.arch,
-                 disc.hparams, lo.gan_type, lo.adversarial, lo.feature_matching)
-    g_adv_loss, d_adv_loss = GAN_LOSSES[lo.gan_type]
-    need_real_logits = disc is not None and (lo.gan_type in RELATIVISTIC or lo.feature_matching > 0)
 
-    percep = None
+def build_discriminator_side(cfg: Config, device: torch.device, mem_format: torch.memory_format
+                             ) -> tuple[nn.Module | None, Optimizer | None, Scheduler | None]:
+    """Stage 2 only: the discriminator, its optimiser and schedule; (None, None, None) in stage 1."""
+    if not uses_discriminator(cfg):
+        return None, None, None
+    lo = cfg.losses
+    disc = build_discriminator(cfg.disc.arch, **cfg.disc.hparams).to(device, memory_format=mem_format)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr_d, betas=tuple(cfg.optim.betas),
+                             weight_decay=cfg.optim.weight_decay)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(cfg))
+    log.info("discriminator %s %s; GAN loss %s (weight %g), feature matching %g", cfg.disc.arch,
+             disc.hparams, lo.gan_type, lo.adversarial, lo.feature_matching)
+    return disc, opt_d, sched_d
+
+
+def build_feature_losses(cfg: Config, device: torch.device, mem_format: torch.memory_format
+                         ) -> tuple[nn.Module | None, nn.Module | None]:
+    """The VGG perceptual and texture losses, each None when its weight is 0."""
+    lo = cfg.losses
+    percep = texture = None
     if lo.perceptual > 0:
         if not Path(lo.vgg_weights).is_file():
             raise ConfigError(f"losses.vgg_weights = {lo.vgg_weights!r}: no such file. losses.perceptual > 0 "
@@ -470,8 +626,6 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
         except ValueError as e:
             raise ConfigError(f"losses.vgg_weights: {e}") from e
         percep = percep.to(device, memory_format=mem_format)
-
-    texture = None
     if lo.texture > 0:
         try:
             texture = TextureLoss(lo.texture_layers, patch=lo.texture_patch, seed=lo.texture_seed,
@@ -479,324 +633,419 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
         except ValueError as e:
             raise ConfigError(f"losses.texture: {e}") from e
         texture = texture.to(device, memory_format=mem_format)
+    return percep, texture
 
-    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (a disabled scaler
-    # passes everything through unchanged).
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    # -- realistic degradation runs on the device, batch-wise, with its own seeded RNG ------
-    degrader = deg_rng = None
-    if cfg.data.degradation == "realistic":
-        from .degrade import RealisticDegrader
+def build_degrader(cfg: Config, dinfo: DistInfo) -> tuple[Any, torch.Generator | None]:
+    """data.degradation = realistic: the batch-wise degrader and its seeded RNG; else (None, None)."""
+    if cfg.data.degradation != "realistic":
+        return None, None
+    from .degrade import RealisticDegrader
 
-        degrader = RealisticDegrader(cfg.degrade, cfg.model.scale)
-        # On the CPU whatever the device: the degrader draws one seed per batch from it and makes its
-        # noise on the device itself. One stream per rank, as each rank degrades different images.
-        deg_rng = torch.Generator()
-        deg_rng.manual_seed(int(np.random.SeedSequence([t.seed, dinfo.rank]).generate_state(1)[0]))
+    degrader = RealisticDegrader(cfg.degrade, cfg.model.scale)
+    # On the CPU whatever the device: the degrader draws one seed per batch from it and makes its
+    # noise on the device itself. One stream per rank, as each rank degrades different images.
+    deg_rng = torch.Generator()
+    deg_rng.manual_seed(int(np.random.SeedSequence([cfg.train.seed, dinfo.rank]).generate_state(1)[0]))
+    return degrader, deg_rng
 
-    # -- resume ------------------------------------------------------------------------------
-    step, best = 0, None
-    resume_rng = None
-    next_sample = 0  # the global sample index the next batch starts at
-    resume_path = ckpt_lib.latest_checkpoint(ckpt_dir) if resume == "auto" else (Path(resume) if resume else None)
-    if resume == "auto" and resume_path is None:
+
+def restore_checkpoint(rs: RunState, resume: str | None) -> tuple[dict[str, Any] | None, int]:
+    """Load the checkpoint --resume names into rs. Returns its RNG state (for the caller to restore
+    once the data iterator exists) and the global sample index the next batch starts at."""
+    cfg, ckpt_dir = rs.cfg, rs.run_dir / "checkpoints"
+    path = ckpt_lib.latest_checkpoint(ckpt_dir) if resume == "auto" else (Path(resume) if resume else None)
+    if resume == "auto" and path is None:
         log.info("--resume auto: no checkpoint in %s, starting from scratch", ckpt_dir)
-    if resume_path is not None:
-        state = ckpt_lib.load_train_state(resume_path)
-        gen.load_state_dict(state["gen"])
-        ema.load_state_dict(state["ema"])
-        opt_g.load_state_dict(state["opt_g"])
-        sched_g.load_state_dict(state["sched_g"])
-        step, best = int(state["step"]), state.get("best")
-        next_sample = int(state.get("sampler", {}).get("next_index", step * cfg.data.batch_size))
-        if disc is not None:
-            if "disc" in state:
-                disc.load_state_dict(state["disc"])
-                opt_d.load_state_dict(state["opt_d"])
-                sched_d.load_state_dict(state["sched_d"])
-            else:
-                log.info("%s has no discriminator (a stage-1 checkpoint): D starts fresh", resume_path)
-        if scaler.is_enabled() and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        if deg_rng is not None:
-            saved = state.get("degrader_rng")
-            if saved is not None and len(saved) == dinfo.world_size:
-                deg_rng.set_state(saved[dinfo.rank])
-            else:
-                log.warning("%s has no degradation RNG state for %d process(es): reseeded", resume_path,
-                            dinfo.world_size)
-        resume_rng = state["rng"]  # restored once the data loader below has drawn its seed
-        if state.get("config_digest") != config_digest(cfg):
-            log.info("the config differs from the one %s was trained with", resume_path.name)
-        log.info("resumed from %s at step %d", resume_path, step)
-    if resume and main:  # also `--resume auto` without a checkpoint: records from before it are redone
-        truncate_metrics(run_dir / "metrics.jsonl", step)
+    if path is None:
+        return None, 0
+    state = ckpt_lib.load_train_state(path)
+    rs.gen.load_state_dict(state["gen"])
+    rs.ema.load_state_dict(state["ema"])
+    rs.opt_g.load_state_dict(state["opt_g"])
+    rs.sched_g.load_state_dict(state["sched_g"])
+    rs.step, rs.best = int(state["step"]), state.get("best")
+    rs.last_saved = rs.step
+    rs.resumed_from = path
+    next_sample = int(state.get("sampler", {}).get("next_index", rs.step * cfg.data.batch_size))
+    if rs.disc is not None:
+        if "disc" in state:
+            rs.disc.load_state_dict(state["disc"])
+            rs.opt_d.load_state_dict(state["opt_d"])
+            rs.sched_d.load_state_dict(state["sched_d"])
+        else:
+            log.info("%s has no discriminator (a stage-1 checkpoint): D starts fresh", path)
+    if rs.scaler.is_enabled() and "scaler" in state:
+        rs.scaler.load_state_dict(state["scaler"])
+    if rs.deg_rng is not None:
+        saved = state.get("degrader_rng")
+        if saved is not None and len(saved) == rs.dinfo.world_size:
+            rs.deg_rng.set_state(saved[rs.dinfo.rank])
+        else:
+            log.warning("%s has no degradation RNG state for %d process(es): reseeded", path,
+                        rs.dinfo.world_size)
+    if state.get("config_digest") != config_digest(cfg):
+        log.info("the config differs from the one %s was trained with", path.name)
+    log.info("resumed from %s at step %d", path, rs.step)
+    return state["rng"], next_sample
 
-    gen_train, disc_train = gen, disc  # what forward/backward go through (DDP wrappers if distributed)
-    if dinfo.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        gen_train = nn.parallel.DistributedDataParallel(gen, device_ids=ids)
-        if disc is not None:
-            # BatchNorm (vgg128, patchgan without spectral norm) normalises each rank's share of the
-            # batch on its own, so W ranks would not train the D one process does. SyncBatchNorm uses
-            # the global batch statistics (it keeps the parameter objects, so opt_d stays valid), but
-            # it is CUDA-only: on CPU the difference stays, and is said.
-            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in disc.modules()):
-                if device.type == "cuda":
-                    disc = nn.SyncBatchNorm.convert_sync_batchnorm(disc)
-                elif main:
-                    log.warning("the discriminator has BatchNorm, which sees each process's %d samples, not "
-                                "the global batch of %d, and SyncBatchNorm needs CUDA: this run differs from "
-                                "a 1-process one (disc.hparams.spectral_norm = true avoids BatchNorm)",
-                                batch_per_rank, cfg.data.batch_size)
-            disc_train = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
 
-    # -- data --------------------------------------------------------------------------------
+def wrap_distributed(rs: RunState) -> None:
+    """Under torchrun: DistributedDataParallel wrappers for what forward/backward go through."""
+    if not rs.dinfo.enabled:
+        return
+    ids = [rs.device.index] if rs.device.type == "cuda" else None
+    rs.gen_train = nn.parallel.DistributedDataParallel(rs.gen, device_ids=ids)
+    if rs.disc is None:
+        return
+    # BatchNorm (vgg128, patchgan without spectral norm) normalises each rank's share of the batch on
+    # its own, so W ranks would not train the D one process does. SyncBatchNorm uses the global batch
+    # statistics (it keeps the parameter objects, so opt_d stays valid), but it is CUDA-only: on CPU
+    # the difference stays, and is said.
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rs.disc.modules()):
+        if rs.device.type == "cuda":
+            rs.disc = nn.SyncBatchNorm.convert_sync_batchnorm(rs.disc)
+        elif rs.dinfo.is_main:
+            log.warning("the discriminator has BatchNorm, which sees each process's %d samples, not the "
+                        "global batch of %d, and SyncBatchNorm needs CUDA: this run differs from a "
+                        "1-process one (disc.hparams.spectral_norm = true avoids BatchNorm)",
+                        rs.cfg.data.batch_size // rs.dinfo.world_size, rs.cfg.data.batch_size)
+    rs.disc_train = nn.parallel.DistributedDataParallel(rs.disc, device_ids=ids)
+
+
+def open_batches(rs: RunState, next_sample: int) -> None:
+    """The training batch stream, starting at global sample `next_sample`."""
+    cfg, dinfo = rs.cfg, rs.dinfo
     dataset = PatchDataset(cfg.data.train_dirs, scale=cfg.model.scale, hr_patch=cfg.data.hr_patch,
-                           seed=t.seed, degradation=cfg.data.degradation,
+                           seed=cfg.train.seed, degradation=cfg.data.degradation,
                            lr_dirs=cfg.data.lr_dirs or None, holdout=cfg.data.holdout)
     # The sampler's whole state is the next global sample index; rank r takes r, r+W, r+2W, ...
     sampler = IndexStreamSampler(start_index=-(-next_sample // dinfo.world_size), rank=dinfo.rank,
                                  world_size=dinfo.world_size)
-    loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler,
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size // dinfo.world_size, sampler=sampler,
                         num_workers=cfg.data.num_workers, drop_last=True,
                         persistent_workers=cfg.data.num_workers > 0)
-    batches = iter(loader)
-    # Creating the iterator draws the loader's base seed from the global torch RNG (one int64, two
-    # 32-bit words). A straight run drew it before step 0, so the saved state already includes it:
-    # restoring first and drawing again would put every later checkpoint's RNG state two draws ahead.
-    if resume_rng is not None:
-        set_rng_state(resume_rng)
-    sample_base, step_base = sampler.next_index * dinfo.world_size, step
+    rs.batches = iter(loader)
+    rs.sample_base, rs.step_base = sampler.next_index * dinfo.world_size, rs.step
 
-    stop = _StopFlag()
-    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
+
+def open_outputs(rs: RunState, resume: str | None) -> None:
+    """Rank 0: metrics.jsonl (appended to), TensorBoard, and the GAN health alarms' history."""
+    if not rs.dinfo.is_main:
+        return
+    rs.metrics_file = open(rs.run_dir / "metrics.jsonl", "a")
     # records are logged after their step, so the first one this process writes is step + 1
-    tb = open_tensorboard(run_dir, lg.tensorboard, purge_step=step + 1 if resume else None) if main else None
-    health = GanHealth()
-    if resume_path is not None and main:
-        health.replay(run_dir / "metrics.jsonl")
-    last_saved = step if resume_path is not None else -1
+    rs.tb = open_tensorboard(rs.run_dir, rs.cfg.log.tensorboard, purge_step=rs.step + 1 if resume else None)
+    if rs.resumed_from is not None:
+        rs.health.replay(rs.run_dir / "metrics.jsonl")
 
-    def save_checkpoint() -> None:
-        """All ranks call this (the degradation RNG states are gathered); rank 0 writes."""
-        nonlocal last_saved
-        deg_states = None
-        if deg_rng is not None:
-            deg_states = [deg_rng.get_state()]
-            if dinfo.enabled:
-                deg_states = [None] * dinfo.world_size
-                dist.all_gather_object(deg_states, deg_rng.get_state())
-        last_saved = step
-        if not main:
-            return
-        state = {"step": step, "gen": gen.state_dict(), "ema": ema.state_dict(),
-                 "opt_g": opt_g.state_dict(), "sched_g": sched_g.state_dict(), "rng": rng_state(),
-                 "sampler": {"next_index": sample_base + (step - step_base) * cfg.data.batch_size},
-                 "best": best, "config_digest": config_digest(cfg)}
-        if disc is not None:
-            state.update(disc=disc.state_dict(), opt_d=opt_d.state_dict(), sched_d=sched_d.state_dict())
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        if deg_states is not None:
-            state["degrader_rng"] = deg_states
-        ckpt_lib.save_train_state(ckpt_lib.checkpoint_path(ckpt_dir, step), state)
-        ckpt_lib.prune_checkpoints(ckpt_dir, lg.keep_last)
 
-    def write_metrics(record: dict[str, Any]) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        if tb is not None:
-            for k, v in record.items():
-                if k != "step":
-                    tb.add_scalar(k if "/" in k else f"train/{k}", v, record["step"])
+# ---------------------------------------------------------------------------------------------
+# one training step: the generator step, then the discriminator step
 
-    from tqdm import tqdm
+def next_batch(rs: RunState) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR) on the device; with realistic degradation LR is made here from HR."""
+    batch = next(rs.batches)
+    hr = batch["hr"].to(rs.device, non_blocking=True)
+    if rs.degrader is not None:
+        lr = rs.degrader(hr, rs.deg_rng)
+    else:
+        lr = batch["lr"].to(rs.device, non_blocking=True)
+    return lr.contiguous(memory_format=rs.mem_format), hr
 
-    bar = tqdm(total=t.total_steps, initial=step, disable=not (lg.progress and main), dynamic_ncols=True,
-               desc="train")
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    t_last, step_last = time.time(), step
-    mid_step = failed = False
+
+def generator_step(rs: RunState, lr: torch.Tensor, hr: torch.Tensor, train_g: bool,
+                   logs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """G's forward pass; when train_g also its loss, backward and optimiser step, D frozen.
+
+    Returns SR in float32. On D-only steps (train_g False: D's warm-up, or between G steps with
+    d_steps_per_g > 1) SR is computed without a graph: D still needs fresh fakes to learn from.
+    """
+    rs.gen.train()
+    if rs.disc is not None:
+        # D only judges in this step: the generator loss must not leave gradients on D's weights
+        rs.disc.requires_grad_(False)
+    with torch.set_grad_enabled(train_g), rs.autocast():
+        sr = rs.gen_train(lr)
+    sr = sr.float()  # losses in fp32: an fp16 L1 of nearly equal images underflows
+    if train_g:
+        loss_g = generator_loss(rs, lr, sr, hr, logs)
+        rs.opt_g.zero_grad(set_to_none=True)
+        rs.scaler.scale(loss_g).backward()
+        if rs.cfg.optim.grad_clip > 0:
+            rs.scaler.unscale_(rs.opt_g)  # clip the true gradient, not the loss-scaled one
+            torch.nn.utils.clip_grad_norm_(rs.gen.parameters(), rs.cfg.optim.grad_clip)
+        rs.scaler.step(rs.opt_g)
+        rs.sched_g.step()
+        ema_update(rs.ema, rs.gen, ema_decay_at(rs.cfg.train.ema_decay, rs.step))
+    else:
+        # G's schedule follows the step count, also on steps where only D trains: torch warns that
+        # the scheduler stepped without its optimiser, which is what is meant here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            rs.sched_g.step()
+    return sr
+
+
+def generator_loss(rs: RunState, lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor,
+                   logs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The weighted sum of G's losses as configured; each term also goes into `logs`."""
+    lo = rs.cfg.losses
+    l_pix = pixel_loss(lo.pixel, sr, hr)
+    loss_g = lo.pixel_weight * l_pix
+    logs["l_pix"] = l_pix
+    if rs.percep is not None:
+        with rs.autocast():
+            l_percep = rs.percep(sr, hr)
+        loss_g = loss_g + lo.perceptual * l_percep
+        logs["l_percep"] = l_percep
+    if rs.texture is not None:
+        with rs.autocast():
+            l_tex = rs.texture(sr, hr)
+        loss_g = loss_g + lo.texture * l_tex
+        logs["l_tex"] = l_tex
+    if lo.artifact > 0:
+        # LDL compares G with its own EMA: where they disagree locally, G's detail is an artifact
+        with torch.no_grad(), rs.autocast():
+            sr_ema = rs.ema(lr)
+        l_art = artifact_loss(sr, hr, sr_ema.float(), lo.artifact_window)
+        loss_g = loss_g + lo.artifact * l_art
+        logs["l_art"] = l_art
+    if rs.disc is not None:
+        # The raw module, not its DDP wrapper: D is frozen here, and the wrapper would sync D's
+        # (absent) gradients; G's wrapper already syncs G's.
+        with rs.autocast():
+            fake_logits, fake_feats = rs.disc(sr, return_features=True)
+            real_logits = real_feats = None
+            if rs.need_real_logits:
+                with torch.no_grad():
+                    real_logits, real_feats = rs.disc(hr, return_features=True)
+        if lo.adversarial > 0:
+            l_adv = rs.g_adv_loss(fake_logits.float(), None if real_logits is None else real_logits.float())
+            loss_g = loss_g + lo.adversarial * l_adv
+            logs["l_adv"] = l_adv
+        if lo.feature_matching > 0:
+            l_fm = feature_matching_loss(fake_feats, real_feats)
+            loss_g = loss_g + lo.feature_matching * l_fm
+            logs["l_fm"] = l_fm
+        # for GanHealth: a generator collapsing to flat output shows as SR std << HR std
+        logs["sr_std"], logs["hr_std"] = sr.detach().std(), hr.std()
+    logs["loss_g"] = loss_g
+    return loss_g
+
+
+def discriminator_step(rs: RunState, sr: torch.Tensor, hr: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+    """One D update on HR (real) against the detached SR (fake) of this step's generator pass."""
+    lo, disc = rs.cfg.losses, rs.disc
+    disc.requires_grad_(True)  # frozen during the generator step
+    # R1 penalises D's gradient on real images (it keeps D from growing arbitrarily sharp around the
+    # data). It is lazy, as in StyleGAN2: computed every r1_every-th step and scaled by r1_every, so
+    # its average strength is unchanged at a fraction of the double-backward cost.
+    do_r1 = lo.r1 > 0 and rs.step % lo.r1_every == 0
+    hr_d = hr.detach().requires_grad_(True) if do_r1 else hr
+    with rs.autocast():
+        real_logits = rs.disc_train(hr_d)
+        # detached: this step trains D only; G's gradient came from the generator step
+        fake_logits = rs.disc_train(sr.detach())
+    loss_d = rs.d_adv_loss(real_logits.float(), fake_logits.float())
+    if do_r1:
+        l_r1 = r1_penalty(real_logits, hr_d)
+        loss_d = loss_d + 0.5 * lo.r1 * lo.r1_every * l_r1
+        logs["l_r1"] = l_r1.detach()
+    rs.opt_d.zero_grad(set_to_none=True)
+    rs.scaler.scale(loss_d).backward()
+    if rs.cfg.optim.grad_clip_d > 0:
+        rs.scaler.unscale_(rs.opt_d)  # clip the true gradient, not the loss-scaled one
+        torch.nn.utils.clip_grad_norm_(disc.parameters(), rs.cfg.optim.grad_clip_d)
+    rs.scaler.step(rs.opt_d)
+    rs.sched_d.step()
+    # D's mean logits on real and fake: how far apart D holds them is the GAN's health at a glance
+    logs.update(loss_d=loss_d.detach(), d_real=real_logits.detach().float().mean(),
+                d_fake=fake_logits.detach().float().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# logging, validation, checkpoints
+
+def write_metrics(rs: RunState, record: dict[str, Any]) -> None:
+    """Rank 0: one JSON line in metrics.jsonl, and the same scalars in TensorBoard."""
+    rs.metrics_file.write(json.dumps(record) + "\n")
+    rs.metrics_file.flush()
+    if rs.tb is not None:
+        for k, v in record.items():
+            if k != "step":
+                tb_key = k if "/" in k else f"train/{k}"
+                rs.tb.add_scalar(tb_key, v, record["step"])
+
+
+def log_losses(rs: RunState, since_step: int, since_time: float) -> dict[str, Any] | None:
+    """The mean of each logged value since the last log (over all ranks), written by rank 0.
+
+    Every rank calls this: the sums are all-reduced. Returns rank 0's record (None elsewhere)."""
+    sums, counts = rs.meter.drain()  # the one device sync of the log interval
+    keys = sorted(sums)
+    if rs.dinfo.enabled:  # the mean over all ranks, as one process would log it
+        packed = torch.tensor([sums[k] for k in keys], dtype=torch.float64,
+                              device=rs.device if rs.device.type == "cuda" else "cpu")
+        dist.all_reduce(packed)
+        sums = dict(zip(keys, (packed / rs.dinfo.world_size).tolist()))
+    if not rs.dinfo.is_main:
+        return None
+    rec: dict[str, Any] = {"step": rs.step, "lr_g": rs.sched_g.get_last_lr()[0]}
+    if rs.sched_d is not None:
+        rec["lr_d"] = rs.sched_d.get_last_lr()[0]
+    rec["it_per_s"] = (rs.step - since_step) / max(1e-9, time.time() - since_time)
+    rec.update({k: sums[k] / counts[k] for k in keys})
+    write_metrics(rs, rec)
+    for warning in rs.health.check(rec):
+        log.warning("%s", warning)
+    return rec
+
+
+def validate_and_keep_best(rs: RunState) -> None:
+    """Rank 0: validate the EMA generator, log the result, and export it to best.safetensors when
+    log.best_metric improved (lower is better for NIQE, higher for PSNR/SSIM)."""
+    lg = rs.cfg.log
+    rs.meter.settle()  # a non-finite loss stops the run before its weights can become "best"
+    result = validate(rs.ema, rs.cfg, rs.device, rs.amp_dtype, rs.run_dir, rs.step, rs.tb)
+    write_metrics(rs, {"step": rs.step, **result})
+    key = f"val/{lg.best_metric}"
+    score = result.get(key)
+    if score is not None:
+        better = rs.best is None or (score < rs.best if lg.best_metric == "niqe" else score > rs.best)
+        if better:
+            rs.best = score
+            save_weights(rs.run_dir / "best.safetensors", rs.ema, extra_metadata={"step": rs.step, key: score})
+    log.info("step %d validation %s", rs.step, {k: round(v, 4) for k, v in result.items()})
+
+
+def save_checkpoint(rs: RunState) -> None:
+    """All ranks call this (the degradation RNG states are gathered); rank 0 writes."""
+    rs.meter.settle()  # never write weights that a non-finite loss produced
+    deg_states = None
+    if rs.deg_rng is not None:
+        deg_states = [rs.deg_rng.get_state()]
+        if rs.dinfo.enabled:
+            deg_states = [None] * rs.dinfo.world_size
+            dist.all_gather_object(deg_states, rs.deg_rng.get_state())
+    rs.last_saved = rs.step
+    if not rs.dinfo.is_main:
+        return
+    cfg = rs.cfg
+    state = {"step": rs.step, "gen": rs.gen.state_dict(), "ema": rs.ema.state_dict(),
+             "opt_g": rs.opt_g.state_dict(), "sched_g": rs.sched_g.state_dict(), "rng": rng_state(),
+             "sampler": {"next_index": rs.sample_base + (rs.step - rs.step_base) * cfg.data.batch_size},
+             "best": rs.best, "config_digest": config_digest(cfg)}
+    if rs.disc is not None:
+        state.update(disc=rs.disc.state_dict(), opt_d=rs.opt_d.state_dict(), sched_d=rs.sched_d.state_dict())
+    if rs.scaler.is_enabled():
+        state["scaler"] = rs.scaler.state_dict()
+    if deg_states is not None:
+        state["degrader_rng"] = deg_states
+    ckpt_dir = rs.run_dir / "checkpoints"
+    ckpt_lib.save_train_state(ckpt_lib.checkpoint_path(ckpt_dir, rs.step), state)
+    ckpt_lib.prune_checkpoints(ckpt_dir, cfg.log.keep_last)
+
+
+def stop_together(rs: RunState, requested: bool) -> bool:
+    """Under DDP a signal may reach only some ranks: all stop when any was asked to."""
+    flag = torch.tensor([float(requested)], device=rs.device if rs.device.type == "cuda" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def close_run(rs: RunState, save: bool, failed: bool) -> None:
+    """The end of a run, clean or not: the final checkpoint when `save`, then files, the
+    deterministic-algorithms switch and the process group, whatever that checkpoint does."""
     try:
-        while step < t.total_steps and not stop.requested:
-            mid_step = True
-            batch = next(batches)
-            hr = batch["hr"].to(device, non_blocking=True)
-            if degrader is not None:
-                lr = degrader(hr, deg_rng)
-            else:
-                lr = batch["lr"].to(device, non_blocking=True)
-            lr = lr.contiguous(memory_format=mem_format)
-            # Stage 1 trains G every step; stage 2 trains D every step and G after D's warm-up.
-            train_g = disc is None or (step >= t.d_warmup_steps
-                                       and (step - t.d_warmup_steps) % t.d_steps_per_g == 0)
-            logs: dict[str, torch.Tensor] = {}
-
-            # -- generator step, D frozen ----------------------------------------------------------
-            gen.train()
-            if disc is not None:
-                disc.requires_grad_(False)
-            with torch.set_grad_enabled(train_g), autocast():
-                sr = gen_train(lr)
-            sr = sr.float()
-            if train_g:
-                l_pix = pixel_loss(lo.pixel, sr, hr)
-                loss_g = lo.pixel_weight * l_pix
-                logs["l_pix"] = l_pix
-                if percep is not None:
-                    with autocast():
-                        l_percep = percep(sr, hr)
-                    loss_g = loss_g + lo.perceptual * l_percep
-                    logs["l_percep"] = l_percep
-                if texture is not None:
-                    with autocast():
-                        l_tex = texture(sr, hr)
-                    loss_g = loss_g + lo.texture * l_tex
-                    logs["l_tex"] = l_tex
-                if lo.artifact > 0:
-                    with torch.no_grad(), autocast():
-                        sr_ema = ema(lr)
-                    l_art = artifact_loss(sr, hr, sr_ema.float(), lo.artifact_window)
-                    loss_g = loss_g + lo.artifact * l_art
-                    logs["l_art"] = l_art
-                if disc is not None:  # the raw module: D is frozen here and its DDP wrapper syncs D only
-                    with autocast():
-                        fake_logits, fake_feats = disc(sr, return_features=True)
-                        real_logits = real_feats = None
-                        if need_real_logits:
-                            with torch.no_grad():
-                                real_logits, real_feats = disc(hr, return_features=True)
-                    if lo.adversarial > 0:
-                        l_adv = g_adv_loss(fake_logits.float(),
-                                           None if real_logits is None else real_logits.float())
-                        loss_g = loss_g + lo.adversarial * l_adv
-                        logs["l_adv"] = l_adv
-                    if lo.feature_matching > 0:
-                        l_fm = feature_matching_loss(fake_feats, real_feats)
-                        loss_g = loss_g + lo.feature_matching * l_fm
-                        logs["l_fm"] = l_fm
-                    logs["sr_std"], logs["hr_std"] = sr.detach().std(), hr.std()
-                logs["loss_g"] = loss_g
-                opt_g.zero_grad(set_to_none=True)
-                scaler.scale(loss_g).backward()
-                if cfg.optim.grad_clip > 0:
-                    scaler.unscale_(opt_g)
-                    torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.optim.grad_clip)
-                scaler.step(opt_g)
-            if train_g:
-                sched_g.step()
-                ema_update(ema, gen, ema_decay_at(t.ema_decay, step))
-            else:  # G's schedule follows the step count, also on steps where only D trains
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                    sched_g.step()
-
-            # -- discriminator step on the detached SR ---------------------------------------------
-            if disc is not None:
-                disc.requires_grad_(True)
-                do_r1 = lo.r1 > 0 and step % lo.r1_every == 0
-                hr_d = hr.detach().requires_grad_(True) if do_r1 else hr
-                with autocast():
-                    real_logits = disc_train(hr_d)
-                    fake_logits = disc_train(sr.detach())
-                loss_d = d_adv_loss(real_logits.float(), fake_logits.float())
-                if do_r1:
-                    l_r1 = r1_penalty(real_logits, hr_d)
-                    loss_d = loss_d + 0.5 * lo.r1 * lo.r1_every * l_r1
-                    logs["l_r1"] = l_r1.detach()
-                opt_d.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward()
-                if cfg.optim.grad_clip_d > 0:
-                    scaler.unscale_(opt_d)
-                    torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.optim.grad_clip_d)
-                scaler.step(opt_d)
-                sched_d.step()
-                logs.update(loss_d=loss_d.detach(), d_real=real_logits.detach().float().mean(),
-                            d_fake=fake_logits.detach().float().mean())
-            scaler.update()
-
-            values = {k: v.item() for k, v in logs.items()}
-            if not scaler.is_enabled():  # with fp16 a scaler skips inf steps; otherwise it is fatal
-                check_finite(values, step)
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
-            step += 1
-            mid_step = False
-            bar.update(1)
-
-            # -- logging, validation, checkpoints ----------------------------------------------
-            if step % lg.log_every == 0 or step == t.total_steps:
-                keys = sorted(sums)
-                if dinfo.enabled:  # the mean over all ranks, as one process would log it
-                    packed = torch.tensor([sums[k] for k in keys], dtype=torch.float64,
-                                          device=device if device.type == "cuda" else "cpu")
-                    dist.all_reduce(packed)
-                    sums = dict(zip(keys, (packed / dinfo.world_size).tolist()))
-                if main:
-                    n = step - step_last
-                    rec: dict[str, Any] = {"step": step, "lr_g": sched_g.get_last_lr()[0]}
-                    if sched_d is not None:
-                        rec["lr_d"] = sched_d.get_last_lr()[0]
-                    rec["it_per_s"] = n / max(1e-9, time.time() - t_last)
-                    rec.update({k: sums[k] / counts[k] for k in keys})
-                    write_metrics(rec)
-                    for warning in health.check(rec):
-                        log.warning("%s", warning)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items()
-                                     if k.startswith(("l", "d_")) and k != "lr_g" and k != "lr_d"})
-                sums, counts, t_last, step_last = {}, {}, time.time(), step
-            if (lg.val_every and (cfg.data.val_dirs or cfg.data.holdout > 1) and main
-                    and (step % lg.val_every == 0 or step == t.total_steps)):
-                result = validate(ema, cfg, device, amp_dtype, run_dir, step, tb)
-                write_metrics({"step": step, **result})
-                key = f"val/{lg.best_metric}"
-                score = result.get(key)
-                if score is not None:
-                    better = best is None or (score < best if lg.best_metric == "niqe" else score > best)
-                    if better:
-                        best = score
-                        save_weights(run_dir / "best.safetensors", ema,
-                                     extra_metadata={"step": step, key: score})
-                log.info("step %d validation %s", step, {k: round(v, 4) for k, v in result.items()})
-            if step % lg.ckpt_every == 0:
-                save_checkpoint()
-            if dinfo.enabled:  # a signal may reach only some ranks: stop together or not at all
-                flag = torch.tensor([float(stop.requested)], device=device if device.type == "cuda" else "cpu")
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop.requested = bool(flag.item())
-    except BaseException:
-        failed = True
-        raise
+        if save:
+            save_checkpoint(rs)
     finally:
-        bar.close()
-        # A step cut short leaves G and D half-updated: keep the last good checkpoint instead. Under
-        # DDP the other ranks may be gone after a failure, so only a clean exit saves there.
-        if step > 0 and step != last_saved and not mid_step and not (failed and dinfo.enabled):
-            save_checkpoint()
-        if metrics_file is not None:
-            metrics_file.close()
-        if tb is not None:
-            tb.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        torch.use_deterministic_algorithms(was_deterministic)
-        if dinfo.enabled:
+        if rs.metrics_file is not None:
+            rs.metrics_file.close()
+        if rs.tb is not None:
+            rs.tb.close()
+        torch.use_deterministic_algorithms(rs.was_deterministic)
+        if rs.dinfo.enabled:
             # Without the barrier a rank that finishes first tears down its gloo connections while
             # rank 0 is still writing the final checkpoint, and gloo aborts the process (SIGABRT,
             # "terminate called without an active exception"); after a failure peers may be gone.
             if not failed:
                 dist.barrier()
             dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Train as configured; returns a summary dict (final step, best metric, run folder, and the
+    signal number if a signal stopped it early, else None).
+
+    resume: "auto" (the run folder's latest checkpoint) or a checkpoint file. overwrite: replace a
+    run already in run_dir. Without either, a run folder that holds a run is an error.
+    """
+    from tqdm import tqdm
+
+    rs = setup_run(cfg, Path(run_dir), resume, overwrite)
+    t, lg = cfg.train, cfg.log
+    stop = _StopFlag()
+    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    open_outputs(rs, resume)
+    bar = tqdm(total=t.total_steps, initial=rs.step, disable=not (lg.progress and rs.dinfo.is_main),
+               dynamic_ncols=True, desc="train")
+    validates = bool(lg.val_every and (cfg.data.val_dirs or cfg.data.holdout > 1) and rs.dinfo.is_main)
+    t_last, step_last = time.time(), rs.step
+    mid_step = failed = False
+    try:
+        while rs.step < t.total_steps and not stop.requested:
+            mid_step = True  # from here until the step is counted, G and D may be half-updated
+            lr, hr = next_batch(rs)
+            logs: dict[str, torch.Tensor] = {}
+            sr = generator_step(rs, lr, hr, rs.trains_g(), logs)
+            if rs.disc is not None:
+                discriminator_step(rs, sr, hr, logs)
+            # once per step, after both optimisers stepped: the fp16 loss scale adapts to both
+            rs.scaler.update()
+            rs.meter.add(rs.step, logs)
+            rs.step += 1
+            mid_step = False
+            bar.update(1)
+
+            last = rs.step == t.total_steps
+            if rs.step % lg.log_every == 0 or last:
+                rec = log_losses(rs, step_last, t_last)
+                if rec is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items()
+                                     if k.startswith(("l", "d_")) and k not in ("lr_g", "lr_d")})
+                t_last, step_last = time.time(), rs.step
+            if validates and (rs.step % lg.val_every == 0 or last):
+                validate_and_keep_best(rs)
+            if rs.step % lg.ckpt_every == 0:
+                save_checkpoint(rs)
+            if rs.dinfo.enabled:
+                stop.requested = stop_together(rs, stop.requested)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        bar.close()
+        # A step cut short leaves G and D half-updated, and a non-finite loss poisons the weights:
+        # keep the last good checkpoint instead. Under DDP the other ranks may be gone after a
+        # failure, so only a clean exit saves there.
+        save = (rs.step > 0 and rs.step != rs.last_saved and not mid_step and not rs.meter.poisoned
+                and not (failed and rs.dinfo.enabled))
+        try:
+            close_run(rs, save, failed)
+        finally:  # only now: a second signal during the final save still means "get out"
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
     # A signal that came during the last step stopped nothing: that run is finished, not interrupted.
-    interrupted = stop.signum if stop.requested and step < t.total_steps else None
-    if dinfo.enabled and stop.requested and step < t.total_steps and interrupted is None:
+    interrupted = stop.signum if stop.requested and rs.step < t.total_steps else None
+    if rs.dinfo.enabled and stop.requested and rs.step < t.total_steps and interrupted is None:
         interrupted = signal.SIGTERM  # another rank got the signal; this one stopped with it
-    return {"step": step, "best": best, "run_dir": str(run_dir), "interrupted": interrupted}
+    return {"step": rs.step, "best": rs.best, "run_dir": str(rs.run_dir), "interrupted": interrupted}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -277,6 +277,60 @@ def test_non_finite_loss_stops_without_saving(images, tmp_path, monkeypatch):
     assert final_state(tmp_path / "run")["step"] == 2
 
 
+def test_non_finite_loss_between_logs_is_found_before_anything_is_written(images, tmp_path, monkeypatch):
+    """Losses are read at the log interval: a NaN in step 3 of 4 unlogged steps still names step 3,
+    and the final checkpoint of the poisoned run is not written."""
+    real = train_mod.pixel_loss
+    calls = []
+
+    def nan_on_third(kind, sr, hr):
+        calls.append(1)
+        out = real(kind, sr, hr)
+        return out * float("nan") if len(calls) == 3 else out
+
+    monkeypatch.setattr(train_mod, "pixel_loss", nan_on_third)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        train(tiny(images, "train.total_steps=6", "log.log_every=4"), tmp_path / "run")
+    assert ckpt_lib.latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+    assert not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_losses_are_read_once_per_log_interval(images, tmp_path, monkeypatch):
+    """Reading a loss waits for the device: 6 steps logged every 3 read them twice, plus once
+    before the final checkpoint (which must not save weights a NaN produced)."""
+    reads = []
+    original = train_mod.LossMeter.settle
+
+    def counting_settle(self):
+        reads.append(len(self.pending))
+        original(self)
+
+    monkeypatch.setattr(train_mod.LossMeter, "settle", counting_settle)
+    train(tiny(images, *GAN, "train.total_steps=6", "log.log_every=3"), tmp_path / "run")
+    assert reads == [3, 3, 0]
+    recs = records(tmp_path / "run")
+    assert [r["step"] for r in recs] == [3, 6] and all("loss_d" in r and "l_pix" in r for r in recs)
+
+
+def test_loss_meter_means_and_first_bad_step():
+    meter = train_mod.LossMeter(check_finite=True)
+    meter.add(0, {"a": torch.tensor(0.1), "b": torch.tensor(2.0)})
+    meter.add(1, {"a": torch.tensor(0.2)})  # a key absent on a step (D-only steps have no l_pix)
+    sums, counts = meter.drain()
+    assert sums == {"a": float(torch.tensor(0.1)) + float(torch.tensor(0.2)), "b": 2.0}
+    assert counts == {"a": 2, "b": 1}
+    assert meter.drain() == ({}, {})
+    meter.add(2, {"a": torch.tensor(1.0)})
+    meter.add(3, {"a": torch.tensor(float("inf"))})
+    meter.add(4, {"a": torch.tensor(float("nan"))})
+    with pytest.raises(FloatingPointError, match="step 4: non-finite loss"):
+        meter.settle()
+    assert meter.poisoned
+    unchecked = train_mod.LossMeter(check_finite=False)  # fp16: the GradScaler skips such steps
+    unchecked.add(0, {"a": torch.tensor(float("inf"))})
+    assert unchecked.drain() == ({"a": float("inf")}, {"a": 1})
+
+
 # ---------------------------------------------------------------------------------------------
 # resume
 

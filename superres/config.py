@@ -480,10 +480,9 @@ def config_to_toml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    from .weights import atomic_write_bytes
+    from .fs import atomic_write
 
-    text = config_to_toml(cfg)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, config_to_toml(cfg).encode())
 
 
 def config_digest(cfg: Config) -> str:

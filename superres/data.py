@@ -280,10 +280,10 @@ _PNG_COMPRESS_LEVEL = 3
 
 
 def _save_png(im: Image.Image, path: Path, icc: bytes | None) -> None:
-    from .weights import atomic_write_bytes
+    from .fs import atomic_write_with
 
-    atomic_write_bytes(path, lambda tmp: im.save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL,
-                                                 icc_profile=icc))
+    atomic_write_with(path, lambda tmp: im.save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL,
+                                                icc_profile=icc))
 
 
 def extract_subimages_of(path: Path, out_dir: Path, crop: int, step: int, thresh_size: int) -> int:

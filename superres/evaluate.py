@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from . import metrics as M
 from .data import held_out_images, list_images
 from .degrade import DEGRADATIONS, degrade_image, image_seed, imresize
+from .fs import atomic_write, atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
     """Write an image (format from the extension) atomically: an interrupted eval leaves no
     half-written file that a later look would take for a result."""
-    from .weights import atomic_write_bytes
     im = Image.fromarray(np.ascontiguousarray(img))
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write_bytes(Path(path), lambda tmp: im.save(tmp, format=fmt))
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    atomic_write(path, buf.getvalue())
 
 
 def _lr_key(stem: str, scale: int) -> str:
@@ -384,19 +387,11 @@ def _finite(v):
 
 
 def write_json(path: str | os.PathLike, results: list[dict[str, Any]]) -> None:
-    from .weights import atomic_write_bytes
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump({"results": _finite(results)}, f, indent=2)
-            f.write("\n")
-
-    atomic_write_bytes(Path(path), write)
+    atomic_write(path, (json.dumps({"results": _finite(results)}, indent=2) + "\n").encode())
 
 
 def write_csv(path: str | os.PathLike, results: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
-    from .weights import atomic_write_bytes
-    atomic_write_bytes(Path(path), lambda tmp: _write_csv(tmp, results, metrics))
+    atomic_write_with(path, lambda tmp: _write_csv(tmp, results, metrics))
 
 
 def _write_csv(path: str, results: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
@@ -486,8 +481,9 @@ def sheet_boxes(ref: np.ndarray, size: int) -> list[tuple[int, int, int]]:
 
 
 def _write_png_atomic(path: str | os.PathLike, im: Image.Image) -> None:
-    from .weights import atomic_write_bytes
-    atomic_write_bytes(Path(path), lambda tmp: im.save(tmp, format="PNG"))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,15 +15,12 @@ What PIL does not do for us, done here:
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import re
 import stat
 import struct
 import sys
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -34,6 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ._lazy import lazy_module
+from .fs import atomic_write_with, remove_stale_temp_files
 
 torch = lazy_module("torch")   # only to_tensor/from_tensor need it; reading and writing files do not
 
@@ -532,59 +530,6 @@ def _with_16bit_samples(img: ImageData, arr: np.ndarray, premultiplied: bool) ->
 # ---------------------------------------------------------------------------------------------
 # writing
 
-# Temp files of write_image: ".NAME.superres-PID-XXXXXXXX.tmp" next to NAME. The writer's process id
-# in the name tells a file left by a killed run (its process is gone) from one being written now.
-_TEMP_RE = re.compile(r"\.(?P<name>.+)\.superres-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
-# weights.atomic_write_bytes names its temp files ".NAME.XXXXXXXX.tmp" (no process id): what earlier
-# versions of write_image left behind
-_LEGACY_TEMP = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # exists, owned by someone else
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_temp_files(folder: str | os.PathLike, names: set[str] | frozenset[str] = frozenset()
-                            ) -> list[Path]:
-    """Delete the temp files that killed runs of write_image left in `folder`; return what was deleted.
-
-    Only files matching our own pattern go: ours whose writing process no longer exists, and for each
-    output file name in `names` (which the caller is about to write) the older pattern without a
-    process id. Nothing else in the folder is touched.
-    """
-    folder = Path(folder)
-    legacy = [re.compile(_LEGACY_TEMP.format(name=re.escape(n))) for n in names]
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(".") or not entry.name.endswith(".tmp"):
-            continue
-        m = _TEMP_RE.fullmatch(entry.name)
-        stale = (m is not None and int(m["pid"]) != os.getpid() and not _process_alive(int(m["pid"]))) \
-            or any(r.fullmatch(entry.name) for r in legacy)
-        if not stale or not entry.is_file(follow_symlinks=False):
-            continue
-        try:
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-        except FileNotFoundError:
-            pass   # another run cleaned it first
-        except OSError as e:
-            log.warning("could not remove the stale temp file %s (%s)", entry.path, e.strerror or e)
-    return removed
-
-
 def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None = None,
                 quality: int = DEFAULT_QUALITY) -> None:
     """Write atomically (temp file + rename): an interrupted write leaves no partial file.
@@ -593,27 +538,13 @@ def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None =
     file) for what cannot be written.
     """
     fmt = normalize_format(format) if format else format_from_path(path)
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.superres-{os.getpid()}-", suffix=".tmp",
-                                   dir=path.parent)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             _encode(f, img, fmt, quality)
-        # mkstemp makes the file 0600; give the result the permissions a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as e:
-        # also on KeyboardInterrupt / SystemExit from a signal handler: no temp file is left behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename != str(path):
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
+
+    # parents=False: a missing output folder is the caller's mistake to report, not to paper over
+    atomic_write_with(path, write, parents=False)
 
 
 def encode_image(img: ImageData, format: str, *, quality: int = DEFAULT_QUALITY) -> bytes:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from PIL import Image
 
 from . import runtime
+from .fs import atomic_write
 from .images import (FORMATS, DEFAULT_QUALITY, ImageError, normalize_format, probe_image, read_image,
                      remove_stale_temp_files, write_image)
 from .models import MODELS, ModelNotFound, resolve_model_path
@@ -481,11 +482,7 @@ def _finish(args: argparse.Namespace, report: list[dict[str, Any]], failed: int,
             not_done: int) -> int:
     """Write --report, log the summary line, return the exit code (local and Ray runs alike)."""
     if args.report:
-        from .weights import atomic_write_bytes
-
-        data = json.dumps(report, indent=2).encode()
-        # atomic_write_bytes takes a function that writes the temp file, not the bytes themselves
-        atomic_write_bytes(args.report, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write(args.report, json.dumps(report, indent=2).encode())
     n_ok = sum(e.get("status") == "ok" for e in report)
     n_skipped = sum(e.get("status") == "skipped" for e in report)
     log.info("%d written, %d skipped (output exists), %d failed%s", n_ok, n_skipped, failed,

@@ -32,7 +32,7 @@ from . import __version__
 from .archs import build_generator
 from .checkpoint import latest_checkpoint, load_train_state
 from .config import Config, ConfigError, config_digest, load_config
-from .fs import atomic_write_with, make_temp_file, remove_stale_temp_files
+from .fs import atomic_write_with, make_temp_file, remove_stale_temp_files, temp_file_target
 from .weights import (StateDict, WeightsError, identify_generator, load_generator,
                       save_weights)
 
@@ -316,8 +316,9 @@ def _remove_stale_temps(dest: Path) -> None:
     remove them. Only our own temp-file pattern matches (fs.remove_stale_temp_files), never a user's
     file."""
     for p in remove_stale_temp_files(dest.parent, {dest.name}):
+        target = temp_file_target(p) or dest   # the old pattern is only matched for `dest`
         log.warning("an earlier export to %s was interrupted before it finished (%s %s); removed "
-                    "its temp file %s", dest, dest.name, "is from before it" if dest.exists()
+                    "its temp file %s", target, target.name, "is from before it" if target.exists()
                     else "was never written", p.name)
 
 

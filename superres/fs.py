@@ -22,7 +22,8 @@ from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_write", "atomic_write_with", "make_temp_file", "remove_stale_temp_files"]
+__all__ = ["atomic_write", "atomic_write_with", "make_temp_file", "remove_stale_temp_files",
+           "temp_file_target"]
 
 T = TypeVar("T")
 
@@ -84,6 +85,13 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], T], *, pa
 def atomic_write(path: str | os.PathLike, data: bytes, *, parents: bool = True) -> None:
     """Write `data` to `path` atomically (see `atomic_write_with`)."""
     atomic_write_with(path, lambda tmp: tmp.write_bytes(data), parents=parents)
+
+
+def temp_file_target(temp: str | os.PathLike) -> Path | None:
+    """The destination a temp file of ours was to become (same folder), or None if not ours."""
+    temp = Path(temp)
+    m = _TEMP_RE.fullmatch(temp.name)
+    return temp.with_name(m["name"]) if m else None
 
 
 def _process_alive(pid: int) -> bool:

@@ -38,15 +38,19 @@ torch = lazy_module("torch")   # only to_tensor/from_tensor need it; reading and
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ImageData", "ImageError", "FORMATS", "DEFAULT_QUALITY", "format_from_path", "normalize_format",
+    "ImageData", "ImageError", "FORMATS", "IMAGE_EXTENSIONS", "DEFAULT_QUALITY", "format_from_path", "normalize_format",
     "probe_image", "remove_stale_temp_files", "read_image", "decode_image", "write_image", "encode_image", "image_from_pil", "image_to_pil",
-    "image_from_array", "image_to_array", "resize_image", "resize_plane", "max_value", "to_tensor",
+    "image_from_array", "image_to_array", "resize_image", "resize_plane", "max_value", "convert_depth", "to_tensor",
     "from_tensor",
 ]
 
 # file suffix -> PIL format name; these are the formats we write
 FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                            ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+# file suffixes taken as images when a folder is read (upscale inputs, training and benchmark folders):
+# what we write, plus formats PIL reads that nobody asks us to write
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pbm", ".jfif", ".jpe",
+                                                          ".apng"}
 SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 DEFAULT_QUALITY = 95
 
@@ -103,7 +107,7 @@ def max_value(dtype: np.dtype | type) -> float:
     return float(np.iinfo(dtype).max) if dtype.kind == "u" else 1.0
 
 
-def _convert(a: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+def convert_depth(a: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     """Change depth with rounding; floats are clipped to [0, 1]."""
     dtype = np.dtype(dtype)
     if a.dtype == dtype:
@@ -139,7 +143,7 @@ def from_tensor(t: torch.Tensor, dtype: np.dtype | type = np.uint8) -> np.ndarra
     if t.ndim != 3:
         raise ValueError(f"from_tensor: expected (1, C, H, W) or (C, H, W), got {tuple(t.shape)}")
     a = t.detach().to("cpu", torch.float32).clamp(0, 1).permute(1, 2, 0).numpy()
-    return _convert(a, dtype) if np.dtype(dtype).kind == "u" else a.astype(dtype)
+    return convert_depth(a, dtype) if np.dtype(dtype).kind == "u" else a.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,7 +587,7 @@ def _icc_fits(icc: bytes, channels: int) -> bool:
 def _planes(img: ImageData, y0: int, y1: int, dtype: np.dtype | type, *,
             gray_to_rgb: bool = False) -> np.ndarray:
     """Rows y0:y1 as one (n, W, C[+1]) array in `dtype`: colour planes then alpha."""
-    px = _convert(img.pixels[y0:y1], dtype)
+    px = convert_depth(img.pixels[y0:y1], dtype)
     if gray_to_rgb and px.shape[2] == 1:
         px = np.repeat(px, 3, axis=2)
     if img.alpha is None:
@@ -592,7 +596,7 @@ def _planes(img: ImageData, y0: int, y1: int, dtype: np.dtype | type, *,
     # samples into a 16-bit PNG, which must be big-endian
     out = np.empty(px.shape[:2] + (px.shape[2] + 1,), np.dtype(dtype))
     out[..., :-1] = px
-    out[..., -1] = _convert(img.alpha[y0:y1], dtype)
+    out[..., -1] = convert_depth(img.alpha[y0:y1], dtype)
     return out
 
 
@@ -831,7 +835,7 @@ def resize_plane(plane: np.ndarray, width: int, height: int,
     else:   # 16-bit and float one channel at a time in float32, since PIL has no 16-bit RGB
         chans = [np.asarray(Image.fromarray(a[..., c].astype(np.float32) / max_value(a.dtype))
                             .resize((width, height), resample)) for c in range(a.shape[2])]
-        out = _convert(np.stack(chans, axis=2), a.dtype)
+        out = convert_depth(np.stack(chans, axis=2), a.dtype)
     return out[..., 0] if plane.ndim == 2 else out
 
 

@@ -73,8 +73,9 @@ def read_uint8(path: str | os.PathLike, *, gray: bool) -> np.ndarray:
     own Y, so the benchmark keeps it gray); with `gray` False gray is replicated to 3 channels."""
     px = convert_depth(read_image(path).pixels, np.uint8)
     if px.shape[2] == 1:
-        return px[..., 0] if gray else np.repeat(px, 3, axis=2)
-    return px
+        px = px[..., 0] if gray else np.repeat(px, 3, axis=2)
+    # PIL's buffers are read-only; callers crop and hand the array to torch, which wants to own it
+    return px if px.flags.writeable else px.copy()
 
 
 def load_rgb_uint8(path: str | Path) -> np.ndarray:

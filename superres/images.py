@@ -184,7 +184,12 @@ def _exif_body(raw: bytes | None) -> bytes | None:
 
 
 def reset_exif_orientation(body: bytes) -> tuple[int, bytes]:
-    """(orientation in IFD0, or 1; the EXIF with that tag set to 1). Patched in place, not rebuilt."""
+    """(orientation in IFD0, or 1; the EXIF with that tag set to 1). Patched in place, not rebuilt.
+
+    When the orientation was not 1 the thumbnail (IFD1) is unlinked too: it still shows the stored,
+    unturned picture, which viewers would show beside the turned one. Only IFD0's next-IFD pointer
+    changes, so every other offset (maker notes) stays valid.
+    """
     bo = "<" if body[:2] == b"II" else ">"
     try:
         ifd = struct.unpack_from(bo + "I", body, 4)[0]
@@ -196,6 +201,8 @@ def reset_exif_orientation(body: bytes) -> tuple[int, bytes]:
                 value = struct.unpack_from(bo + "H", body, at + 8)[0]
                 patched = bytearray(body)
                 struct.pack_into(bo + "H", patched, at + 8, 1)
+                if value != 1 and len(patched) >= ifd + 6 + 12 * count:
+                    struct.pack_into(bo + "I", patched, ifd + 2 + 12 * count, 0)   # no IFD1
                 return (value if 1 <= value <= 8 else 1), bytes(patched)
     except struct.error:
         log.debug("EXIF IFD0 is truncated; orientation left alone")

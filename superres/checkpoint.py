@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .weights import atomic_write_bytes
+from .fs import atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -456,34 +456,17 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 def config_to_toml(cfg: Config) -> str:
-    lines = []
-    for section, values in config_to_dict(cfg).items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """The config as TOML text that `load_config` reads back to an equal Config."""
+    import tomli_w
+
+    return tomli_w.dumps(config_to_dict(cfg))
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    from .weights import atomic_write_bytes
+    from .fs import atomic_write
 
-    text = config_to_toml(cfg)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, config_to_toml(cfg).encode())
 
 
 def config_digest(cfg: Config) -> str:

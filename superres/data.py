@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +29,11 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
 from .degrade import imresize
+from .images import IMAGE_EXTENSIONS, convert_depth, read_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTS = IMAGE_EXTENSIONS   # the name older code imports
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -55,11 +58,73 @@ def held_out_images(folder: str | Path, every: int) -> list[Path]:
     return split_holdout(list_images(folder), every)[1]
 
 
+def hr_folder(path: str | os.PathLike) -> Path:
+    """The folder holding the HR images: `path/HR` when it exists (a benchmark folder such as Set5/
+    with HR/ and LR_bicubic/ inside), else `path`."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"dataset folder {p} does not exist")
+    return p / "HR" if (p / "HR").is_dir() else p
+
+
+def read_uint8(path: str | os.PathLike, *, gray: bool) -> np.ndarray:
+    """An image file as uint8 pixels, through images.read_image (EXIF orientation applied, alpha
+    dropped, 16 bits rounded to 8): HxWx3, or HxW for gray files when `gray` (a gray image is its
+    own Y, so the benchmark keeps it gray); with `gray` False gray is replicated to 3 channels."""
+    px = convert_depth(read_image(path).pixels, np.uint8)
+    if px.shape[2] == 1:
+        px = px[..., 0] if gray else np.repeat(px, 3, axis=2)
+    # PIL's buffers are read-only; callers crop and hand the array to torch, which wants to own it
+    return px if px.flags.writeable else px.copy()
+
+
 def load_rgb_uint8(path: str | Path) -> np.ndarray:
     """HxWx3 uint8; grayscale is replicated so every training sample has 3 channels."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return read_uint8(path, gray=False)
+
+
+# LR/HR names: an LR image pairs with the HR image whose name it is with the scale, "LR" or "bicubic"
+# added: baby, babyx4, baby_x4, baby-x4, baby.x4, baby_x4_LR, baby_LR and baby_bicubic all pair with
+# baby (or baby_HR). Only this scale's suffix is removed, and only from LR names: an HR image called
+# box2.png must not be taken for "bo" at x2.
+_LR_WORD = re.compile(r"[_\-.]?(lr|bicubic)$")
+
+
+def lr_key(stem: str, scale: int) -> str:
+    """The HR name (lower case, no extension) that an LR file stem pairs with."""
+    key = _LR_WORD.sub("", stem.lower())
+    key = re.sub(rf"[_\-.]?x{scale}$", "", key)
+    return _LR_WORD.sub("", key)
+
+
+def hr_key(stem: str) -> str:
+    """The name (lower case, no extension) by which an HR file stem is paired."""
+    return re.sub(r"[_\-.]hr$", "", stem.lower())
+
+
+def _relative_key(path: Path, root: Path, key: str) -> str:
+    # sub-folders count: train/a/baby.png pairs with lr/a/babyx4.png, not lr/b/babyx4.png
+    parent = path.parent.relative_to(root).as_posix().lower()
+    return key if parent == "." else f"{parent}/{key}"
+
+
+def lr_index(lr_paths: list[Path], root: str | os.PathLike, scale: int) -> dict[str, Path]:
+    """LR images (under `root`) by the pair key of the HR image they belong to. Raises ValueError
+    when two LR files claim the same HR image."""
+    root = Path(root)
+    index: dict[str, Path] = {}
+    for p in lr_paths:
+        key = _relative_key(p, root, lr_key(p.stem, scale))
+        if key in index:
+            raise ValueError(f"LR folder {root}: {index[key].name} and {p.name} both match the HR image "
+                             f"named {key!r}")
+        index[key] = p
+    return index
+
+
+def hr_pair_key(path: Path, root: str | os.PathLike) -> str:
+    """The key under which `lr_index` files the LR image of the HR image `path` (under `root`)."""
+    return _relative_key(path, Path(root), hr_key(path.stem))
 
 
 def augment(arrays: list[np.ndarray], hflip: bool, vflip: bool, rot90: bool) -> list[np.ndarray]:
@@ -116,7 +181,7 @@ class PatchDataset(Dataset):
         self.items: list[_Item] = []
         lr_dirs = lr_dirs or []
         for i, d in enumerate(hr_dirs):
-            lr_index = _lr_index(lr_dirs[i], scale) if lr_dirs else {}
+            index = lr_index(list_images(lr_dirs[i]), lr_dirs[i], scale) if lr_dirs else {}
             for path in split_holdout(list_images(d), holdout)[0]:
                 hr = load_rgb_uint8(path)
                 h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
@@ -126,7 +191,7 @@ class PatchDataset(Dataset):
                     continue
                 lr = None
                 if lr_dirs:
-                    lr_path = lr_index.get(_pair_key(path, d))
+                    lr_path = index.get(hr_pair_key(path, d))
                     if lr_path is None:
                         raise FileNotFoundError(f"paired mode: no LR image for {path} in {lr_dirs[i]}")
                     lr = load_rgb_uint8(lr_path)
@@ -183,31 +248,6 @@ def bicubic_lr_crop(hr: np.ndarray, scale: int, top: int, left: int, size: int) 
     region = hr[t0 * scale:t1 * scale, l0 * scale:l1 * scale]
     lr = imresize(region, 1 / scale)
     return lr[top - t0:top - t0 + size, left - l0:left - l0 + size]
-
-
-def _pair_key(path: Path, root: str | Path) -> str:
-    """Folder-relative name without extension, lower case: what an HR and its LR image share."""
-    rel = path.relative_to(root)
-    return str(rel.with_suffix("")).lower()
-
-
-def _lr_index(lr_dir: str | Path, scale: int) -> dict[str, Path]:
-    """LR images by pair key, matching baby.png to baby.png, babyx4.png, baby_x4.png or baby-x4.png.
-
-    Only this scale's suffix is removed, and only from LR names: an HR image called box2.png must
-    not be taken for "bo" at x2.
-    """
-    index: dict[str, Path] = {}
-    for p in list_images(lr_dir):
-        key = _pair_key(p, lr_dir)
-        suffix = f"x{scale}"
-        if key.endswith(suffix):
-            key = key[: -len(suffix)]
-            key = key[:-1] if key.endswith(("_", "-")) else key
-        if key in index:
-            raise ValueError(f"paired mode: {index[key]} and {p} both match the HR image named {key!r}")
-        index[key] = p
-    return index
 
 
 class IndexStreamSampler(Sampler[int]):
@@ -280,10 +320,10 @@ _PNG_COMPRESS_LEVEL = 3
 
 
 def _save_png(im: Image.Image, path: Path, icc: bytes | None) -> None:
-    from .weights import atomic_write_bytes
+    from .fs import atomic_write_with
 
-    atomic_write_bytes(path, lambda tmp: im.save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL,
-                                                 icc_profile=icc))
+    atomic_write_with(path, lambda tmp: im.save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL,
+                                                icc_profile=icc))
 
 
 def extract_subimages_of(path: Path, out_dir: Path, crop: int, step: int, thresh_size: int) -> int:

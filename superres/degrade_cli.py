@@ -11,6 +11,7 @@ the same image; `superres eval --degrade` uses the same presets.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from PIL import Image
 from .config import ConfigError, DegradeConfig, load_config
 from .data import load_rgb_uint8
 from .degrade import DEGRADATIONS, degrade_image
-from .weights import atomic_write_bytes
+from .fs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def run_degrade(args: argparse.Namespace) -> int:
         return 2
     # JPEG output would add its own compression on top of the one being shown.
     params = {"quality": 100} if fmt == "JPEG" else {}
-    atomic_write_bytes(out, lambda tmp: Image.fromarray(lr).save(tmp, format=fmt, **params))
+    buf = io.BytesIO()
+    Image.fromarray(lr).save(buf, format=fmt, **params)
+    atomic_write(out, buf.getvalue())
     log.info("%s: %s x%d -> %s (%dx%d)", args.image, args.preset, args.scale, out, lr.shape[1], lr.shape[0])
     return 0

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,9 @@ from torch import nn
 from tqdm import tqdm
 
 from . import metrics as M
-from .data import held_out_images, list_images
+from .data import held_out_images, hr_folder, hr_key, list_images, lr_index, read_uint8
 from .degrade import DEGRADATIONS, degrade_image, image_seed, imresize
+from .fs import atomic_write, atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ class Pair:
     lr: np.ndarray           # uint8, hr's size / scale
 
 
-def hr_folder(path: str | os.PathLike) -> Path:
-    """The folder holding the HR images: `path/HR` when it exists, else `path`."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise FileNotFoundError(f"dataset folder {p} does not exist")
-    return p / "HR" if (p / "HR").is_dir() else p
-
-
 def dataset_name(path: str | os.PathLike) -> str:
     """`.../Set5` and `.../Set5/HR` are both called "Set5"."""
     p = Path(path).expanduser().resolve()
@@ -66,36 +59,19 @@ def dataset_name(path: str | os.PathLike) -> str:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 HxW for gray files (kept gray: a gray image is its own Y), else HxWx3."""
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit gray: the benchmark protocol is 8-bit, round to it.
-            arr = np.asarray(im, dtype=np.float64)
-            return np.clip(np.floor(arr / 257.0 + 0.5), 0, 255).astype(np.uint8)
-        if im.mode in ("L", "LA", "1"):
-            return np.asarray(im.convert("L"), dtype=np.uint8).copy()
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    """uint8 HxW for gray files (kept gray: a gray image is its own Y), else HxWx3; 16 bits are
+    rounded to 8 (the benchmark protocol is 8-bit)."""
+    return read_uint8(path, gray=True)
 
 
 def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
     """Write an image (format from the extension) atomically: an interrupted eval leaves no
     half-written file that a later look would take for a result."""
-    from .weights import atomic_write_bytes
     im = Image.fromarray(np.ascontiguousarray(img))
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write_bytes(Path(path), lambda tmp: im.save(tmp, format=fmt))
-
-
-def _lr_key(stem: str, scale: int) -> str:
-    # baby, babyx4, baby_x4, baby-x4, baby_x4_LR, baby_LR and baby_bicubic all name "baby".
-    key = stem.lower()
-    key = re.sub(r"[_\-.]?(lr|bicubic)$", "", key)
-    key = re.sub(rf"[_\-.]?x{scale}$", "", key)
-    return re.sub(r"[_\-.]?(lr|bicubic)$", "", key)
-
-
-def _hr_key(stem: str) -> str:
-    return re.sub(r"[_\-.]hr$", "", stem.lower())
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    atomic_write(path, buf.getvalue())
 
 
 _PAIR_CACHE: dict[tuple, list[Pair]] = {}
@@ -136,17 +112,12 @@ def load_pairs(hr_dir: str | os.PathLike, scale: int, *, lr_dir: str | os.PathLi
 
 def _make_pairs(paths: list[Path], scale: int, lr_paths: list[Path], lr_dir, degrade: str = "bicubic",
                 seed: int = 0) -> list[Pair]:
-    by_key: dict[str, Path] = {}
-    for p in lr_paths:
-        k = _lr_key(p.stem, scale)
-        if k in by_key:
-            raise ValueError(f"LR folder {lr_dir}: {by_key[k].name} and {p.name} both match HR name {k!r}")
-        by_key[k] = p
+    by_key = lr_index(lr_paths, Path(lr_dir).expanduser(), scale) if lr_dir else {}
     pairs = []
     for p in paths:
         hr = read_image(p)
         if lr_dir:
-            lp = by_key.get(_hr_key(p.stem))
+            lp = by_key.get(hr_key(p.stem))
             if lp is None:
                 raise FileNotFoundError(f"no LR image for {p.name} in {lr_dir} (looked for {p.stem}.png, "
                                         f"{p.stem}x{scale}.png and similar)")
@@ -384,19 +355,11 @@ def _finite(v):
 
 
 def write_json(path: str | os.PathLike, results: list[dict[str, Any]]) -> None:
-    from .weights import atomic_write_bytes
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump({"results": _finite(results)}, f, indent=2)
-            f.write("\n")
-
-    atomic_write_bytes(Path(path), write)
+    atomic_write(path, (json.dumps({"results": _finite(results)}, indent=2) + "\n").encode())
 
 
 def write_csv(path: str | os.PathLike, results: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
-    from .weights import atomic_write_bytes
-    atomic_write_bytes(Path(path), lambda tmp: _write_csv(tmp, results, metrics))
+    atomic_write_with(path, lambda tmp: _write_csv(tmp, results, metrics))
 
 
 def _write_csv(path: str, results: list[dict[str, Any]], metrics: tuple[str, ...]) -> None:
@@ -486,8 +449,9 @@ def sheet_boxes(ref: np.ndarray, size: int) -> list[tuple[int, int, int]]:
 
 
 def _write_png_atomic(path: str | os.PathLike, im: Image.Image) -> None:
-    from .weights import atomic_write_bytes
-    atomic_write_bytes(Path(path), lambda tmp: im.save(tmp, format="PNG"))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------

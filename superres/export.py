@@ -20,8 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,8 @@ from . import __version__
 from .archs import build_generator
 from .checkpoint import latest_checkpoint, load_train_state
 from .config import Config, ConfigError, config_digest, load_config
-from .weights import (StateDict, WeightsError, atomic_write_bytes, identify_generator, load_generator,
+from .fs import atomic_write_with, make_temp_file, remove_stale_temp_files, temp_file_target
+from .weights import (StateDict, WeightsError, identify_generator, load_generator,
                       save_weights)
 
 log = logging.getLogger(__name__)
@@ -314,16 +313,13 @@ def export_run(source: str | os.PathLike, output: str | os.PathLike, *, weights:
 
 def _remove_stale_temps(dest: Path) -> None:
     """Temp files of an export to `dest` that was killed (SIGKILL runs no cleanup): name them and
-    remove them. Only mkstemp's exact pattern for this file name matches, never a user's file."""
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.[a-z0-9_]{{8}}\.tmp$")
-    if not dest.parent.is_dir():
-        return
-    for p in dest.parent.iterdir():
-        if pattern.match(p.name) and p.is_file():
-            log.warning("an earlier export to %s was interrupted before it finished (%s %s); removed "
-                        "its temp file %s", dest, dest.name, "is from before it" if dest.exists()
-                        else "was never written", p.name)
-            p.unlink(missing_ok=True)
+    remove them. Only our own temp-file pattern matches (fs.remove_stale_temp_files), never a user's
+    file."""
+    for p in remove_stale_temp_files(dest.parent, {dest.name}):
+        target = temp_file_target(p) or dest   # the old pattern is only matched for `dest`
+        log.warning("an earlier export to %s was interrupted before it finished (%s %s); removed "
+                    "its temp file %s", target, target.name, "is from before it" if target.exists()
+                    else "was never written", p.name)
 
 
 def write_together(writers: dict[Path, Callable[[str], Any]]) -> list[Any]:
@@ -336,22 +332,19 @@ def write_together(writers: dict[Path, Callable[[str], Any]]) -> list[Any]:
         if dest.is_dir():
             raise ExportError(f"{dest} is a folder; give a file name")
         _remove_stale_temps(dest)
-    temps: dict[Path, str] = {}
+    temps: dict[Path, Path] = {}
     try:
         results = []
         for dest, write in writers.items():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-            os.close(fd)
+            tmp = make_temp_file(dest)
             temps[dest] = tmp
-            results.append(write(tmp))
+            results.append(write(str(tmp)))
         for dest, tmp in temps.items():
             os.replace(tmp, dest)
         return results
     except BaseException:
         for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -437,7 +430,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
             raise ExportError(f"ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE}) "
                               f"on input {tuple(check.shape)}; the ONNX file was not written")
 
-    atomic_write_bytes(path, write_and_check)
+    atomic_write_with(path, lambda tmp: write_and_check(str(tmp)))
     return result
 
 

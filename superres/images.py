@@ -5,25 +5,25 @@ and the ICC profile and EXIF of the file. Pixels stay in the file's own depth (u
 in [0, 1] from float TIFFs and the Python API) so that a 16-bit scan comes out 16-bit.
 
 What PIL does not do for us, done here:
-  * 16-bit RGB(A) and gray+alpha PNG and TIFF: PIL opens them as 8-bit. The bit depth is read from the
-    file's header (never guessed from pixel values) and the full 16 bits are recovered by decoding twice
-    with PIL's own C decoders, once for the high and once for the low byte of every sample.
-  * Writing PNG and TIFF at 8 and 16 bits with our own small encoders (numpy filters + zlib, in strips),
-    which also keeps a huge output from being copied into a PIL image.
+  * 16-bit RGB(A) and gray+alpha PNG: PIL opens them as 8-bit. The bit depth is read from the file's
+    header (never guessed from pixel values) and the full 16 bits are recovered by decoding twice with
+    PIL's own C decoders, once for the high and once for the low byte of every sample. 16-bit
+    multi-sample TIFFs are decoded by tifffile.
+  * Writing PNG at 8 and 16 bits with our own small encoder (numpy filters + zlib, in strips), which
+    also keeps a huge output from being copied into a PIL image. PIL cannot write 16-bit colour PNG,
+    and its encoder (adaptive filters) would change the bytes of every 8-bit output we have written.
+  * TIFF through tifffile (PIL cuts 16-bit colour TIFF to 8 bits), which keeps the descriptive EXIF
+    tags (make, model, date, artist, copyright, ...); the EXIF sub-IFD is not written.
   * EXIF orientation applied to the pixels, and the orientation tag set to 1 by patching the EXIF bytes
     in place, so maker notes and their offsets survive untouched.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import re
 import stat
 import struct
-import sys
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -34,21 +34,26 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ._lazy import lazy_module
+from .fs import atomic_write_with, remove_stale_temp_files
 
 torch = lazy_module("torch")   # only to_tensor/from_tensor need it; reading and writing files do not
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ImageData", "ImageError", "FORMATS", "DEFAULT_QUALITY", "format_from_path", "normalize_format",
+    "ImageData", "ImageError", "FORMATS", "IMAGE_EXTENSIONS", "DEFAULT_QUALITY", "format_from_path", "normalize_format",
     "probe_image", "remove_stale_temp_files", "read_image", "decode_image", "write_image", "encode_image", "image_from_pil", "image_to_pil",
-    "image_from_array", "image_to_array", "resize_image", "resize_plane", "max_value", "to_tensor",
+    "image_from_array", "image_to_array", "resize_image", "resize_plane", "max_value", "convert_depth", "to_tensor",
     "from_tensor",
 ]
 
 # file suffix -> PIL format name; these are the formats we write
 FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                            ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+# file suffixes taken as images when a folder is read (upscale inputs, training and benchmark folders):
+# what we write, plus formats PIL reads that nobody asks us to write
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pbm", ".jfif", ".jpe",
+                                                          ".apng"}
 SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 DEFAULT_QUALITY = 95
 
@@ -105,7 +110,7 @@ def max_value(dtype: np.dtype | type) -> float:
     return float(np.iinfo(dtype).max) if dtype.kind == "u" else 1.0
 
 
-def _convert(a: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+def convert_depth(a: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     """Change depth with rounding; floats are clipped to [0, 1]."""
     dtype = np.dtype(dtype)
     if a.dtype == dtype:
@@ -141,7 +146,7 @@ def from_tensor(t: torch.Tensor, dtype: np.dtype | type = np.uint8) -> np.ndarra
     if t.ndim != 3:
         raise ValueError(f"from_tensor: expected (1, C, H, W) or (C, H, W), got {tuple(t.shape)}")
     a = t.detach().to("cpu", torch.float32).clamp(0, 1).permute(1, 2, 0).numpy()
-    return _convert(a, dtype) if np.dtype(dtype).kind == "u" else a.astype(dtype)
+    return convert_depth(a, dtype) if np.dtype(dtype).kind == "u" else a.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +184,12 @@ def _exif_body(raw: bytes | None) -> bytes | None:
 
 
 def reset_exif_orientation(body: bytes) -> tuple[int, bytes]:
-    """(orientation in IFD0, or 1; the EXIF with that tag set to 1). Patched in place, not rebuilt."""
+    """(orientation in IFD0, or 1; the EXIF with that tag set to 1). Patched in place, not rebuilt.
+
+    When the orientation was not 1 the thumbnail (IFD1) is unlinked too: it still shows the stored,
+    unturned picture, which viewers would show beside the turned one. Only IFD0's next-IFD pointer
+    changes, so every other offset (maker notes) stays valid.
+    """
     bo = "<" if body[:2] == b"II" else ">"
     try:
         ifd = struct.unpack_from(bo + "I", body, 4)[0]
@@ -191,6 +201,8 @@ def reset_exif_orientation(body: bytes) -> tuple[int, bytes]:
                 value = struct.unpack_from(bo + "H", body, at + 8)[0]
                 patched = bytearray(body)
                 struct.pack_into(bo + "H", patched, at + 8, 1)
+                if value != 1 and len(patched) >= ifd + 6 + 12 * count:
+                    struct.pack_into(bo + "I", patched, ifd + 2 + 12 * count, 0)   # no IFD1
                 return (value if 1 <= value <= 8 else 1), bytes(patched)
     except struct.error:
         log.debug("EXIF IFD0 is truncated; orientation left alone")
@@ -311,18 +323,15 @@ def _decode_with_pil(data: bytes, name: str) -> ImageData:
             if frames > 1:
                 log.warning("%s: animated %s with %d frames; only the first frame is upscaled",
                             name, im.format, frames)
-            tiff16 = _tiff16_samples(data, im)
-            # read before load(): PIL empties im.tile once the pixels are decoded
-            premultiplied = bool(im.tile) and "RGBa" in _tile_rawmode(im.tile[0])
             im.load()
             img = image_from_pil(im)
-            if tiff16 is not None:
-                img = _with_16bit_samples(img, tiff16, premultiplied=premultiplied)
             fmt = im.format
             if fmt == "TIFF":
-                # A TIFF's orientation is one of its own tags; its other tags describe the file
-                # layout, so they are not carried as EXIF.
-                orientation, exif = int(im.getexif().get(_ORIENTATION, 1)), None
+                img = _tiff16_planes(data, im, img)
+                # A TIFF's orientation is one of its own tags; of its other tags only the descriptive
+                # ones are EXIF (the rest describe the file layout)
+                tags = im.getexif()
+                orientation, exif = int(tags.get(_ORIENTATION, 1)), _descriptive_exif(tags)
             else:
                 exif = _exif_body(im.info.get("exif"))
                 orientation, exif = reset_exif_orientation(exif) if exif else (1, None)
@@ -475,54 +484,48 @@ def _decode_png16(data: bytes, name: str) -> ImageData | None:
                      icc, exif, "PNG")
 
 
-# 16-bit colour TIFF -------------------------------------------------------------------------
+# TIFF ---------------------------------------------------------------------------------------
 
-def _tile_rawmode(tile) -> str:
-    """The raw mode of a PIL tile, or "" for decoders whose args are not (rawmode, ...) (GIF's are
-    (bits, interlace, ...))."""
-    args = tile[3]
-    if isinstance(args, str):
-        return args
-    return args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else ""
+# IFD0 tags that describe the picture rather than the file layout: what a TIFF carries of EXIF. The
+# EXIF sub-IFD (exposure, lens, GPS) is not written: tifffile refuses the pointer tag 34665.
+_TIFF_EXIF_TAGS = (270, 271, 272, 305, 306, 315, 33432)   # description, make, model, software,
+                                                          # date/time, artist, copyright
 
 
-def _swap_byte_order(rawmode: str) -> str:
-    native = "L" if sys.byteorder == "little" else "B"
-    tail = rawmode[-1].replace("N", native)
-    return rawmode[:-1] + {"L": "B", "B": "L"}[tail]
+def _descriptive_exif(tags: Image.Exif) -> bytes | None:
+    """The EXIF (TIFF-structured, no "Exif\\0\\0") holding the descriptive tags of a TIFF's IFD0."""
+    kept = Image.Exif()
+    for tag in _TIFF_EXIF_TAGS:
+        if isinstance(tags.get(tag), str):
+            kept[tag] = tags[tag]
+    return _exif_body(kept.tobytes()) if len(kept) else None
 
 
-def _tiff16_samples(data: bytes, im: Image.Image) -> np.ndarray | None:
-    """Full 16-bit samples of a 16-bit RGB(A) TIFF, which PIL itself cuts to 8 bits; else None.
+def _tiff16_planes(data: bytes, im: Image.Image, img: ImageData) -> ImageData:
+    """`img` with the full 16-bit samples of a 16-bit multi-sample TIFF, which PIL cuts to 8 bits.
 
-    PIL unpacks each 16-bit sample by keeping its high byte; decoding a second time with the byte
-    order swapped keeps the low byte instead. Compression and predictors stay PIL's (libtiff's) job.
+    tifffile (with imagecodecs for LZW, JPEG, ...) decodes those; every other TIFF is PIL's.
     """
-    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA") or not im.tile:
-        return None
-    if not all(";16" in _tile_rawmode(t) for t in im.tile):
-        return None
+    bits = im.tag_v2.get(258)   # BitsPerSample, one value per sample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    if len(bits) < 2 or 16 not in bits:
+        return img
+    import tifffile
 
-    def load(rename) -> np.ndarray:
-        with Image.open(io.BytesIO(data)) as again:
-            again.tile = [t._replace(args=_with_rawmode(t[3], rename(_tile_rawmode(t))))
-                          for t in again.tile]
-            again.load()
-            return np.asarray(again)
-
-    # premultiplied files ('RGBa') are read as straight RGBA here and divided out later
-    hi = load(lambda r: r.replace("RGBa", "RGBA")).astype(np.uint16)
-    lo = load(lambda r: _swap_byte_order(r.replace("RGBa", "RGBA")))
-    return (hi << 8) | lo
-
-
-def _with_rawmode(args, rawmode: str):
-    return rawmode if isinstance(args, str) else (rawmode, *args[1:])
-
-
-def _with_16bit_samples(img: ImageData, arr: np.ndarray, premultiplied: bool) -> ImageData:
-    pixels, alpha = (arr[..., :3], arr[..., 3]) if arr.shape[2] == 4 else (arr, None)
-    if premultiplied and alpha is not None:
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        if page.photometric not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
+            return img   # PIL's 8-bit conversion of palette, YCbCr, CMYK... is the better result
+        arr = page.asarray()
+        if page.axes.startswith("S"):
+            arr = np.moveaxis(arr, 0, -1)   # planar (separate) layout -> samples last
+        colours = 3 if page.photometric == tifffile.PHOTOMETRIC.RGB else 1
+        extras = tuple(page.extrasamples)
+    arr = arr.astype(np.uint16, copy=False)
+    pixels = arr[..., :colours]
+    # extra sample 1 is premultiplied (associated) alpha, 2 straight alpha, 0 unspecified (not alpha)
+    alpha = arr[..., colours] if extras and extras[0] in (1, 2) else None
+    if alpha is not None and extras[0] == 1:
         scale = np.where(alpha > 0, 65535.0 / np.maximum(alpha, 1), 0.0)[..., None]
         pixels = np.clip(np.round(pixels * scale), 0, 65535).astype(np.uint16)
     return replace(img, pixels=np.ascontiguousarray(pixels),
@@ -532,59 +535,6 @@ def _with_16bit_samples(img: ImageData, arr: np.ndarray, premultiplied: bool) ->
 # ---------------------------------------------------------------------------------------------
 # writing
 
-# Temp files of write_image: ".NAME.superres-PID-XXXXXXXX.tmp" next to NAME. The writer's process id
-# in the name tells a file left by a killed run (its process is gone) from one being written now.
-_TEMP_RE = re.compile(r"\.(?P<name>.+)\.superres-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
-# weights.atomic_write_bytes names its temp files ".NAME.XXXXXXXX.tmp" (no process id): what earlier
-# versions of write_image left behind
-_LEGACY_TEMP = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # exists, owned by someone else
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_temp_files(folder: str | os.PathLike, names: set[str] | frozenset[str] = frozenset()
-                            ) -> list[Path]:
-    """Delete the temp files that killed runs of write_image left in `folder`; return what was deleted.
-
-    Only files matching our own pattern go: ours whose writing process no longer exists, and for each
-    output file name in `names` (which the caller is about to write) the older pattern without a
-    process id. Nothing else in the folder is touched.
-    """
-    folder = Path(folder)
-    legacy = [re.compile(_LEGACY_TEMP.format(name=re.escape(n))) for n in names]
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(".") or not entry.name.endswith(".tmp"):
-            continue
-        m = _TEMP_RE.fullmatch(entry.name)
-        stale = (m is not None and int(m["pid"]) != os.getpid() and not _process_alive(int(m["pid"]))) \
-            or any(r.fullmatch(entry.name) for r in legacy)
-        if not stale or not entry.is_file(follow_symlinks=False):
-            continue
-        try:
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-        except FileNotFoundError:
-            pass   # another run cleaned it first
-        except OSError as e:
-            log.warning("could not remove the stale temp file %s (%s)", entry.path, e.strerror or e)
-    return removed
-
-
 def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None = None,
                 quality: int = DEFAULT_QUALITY) -> None:
     """Write atomically (temp file + rename): an interrupted write leaves no partial file.
@@ -593,27 +543,13 @@ def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None =
     file) for what cannot be written.
     """
     fmt = normalize_format(format) if format else format_from_path(path)
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.superres-{os.getpid()}-", suffix=".tmp",
-                                   dir=path.parent)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             _encode(f, img, fmt, quality)
-        # mkstemp makes the file 0600; give the result the permissions a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as e:
-        # also on KeyboardInterrupt / SystemExit from a signal handler: no temp file is left behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename != str(path):
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
+
+    # parents=False: a missing output folder is the caller's mistake to report, not to paper over
+    atomic_write_with(path, write, parents=False)
 
 
 def encode_image(img: ImageData, format: str, *, quality: int = DEFAULT_QUALITY) -> bytes:
@@ -652,7 +588,7 @@ def _icc_fits(icc: bytes, channels: int) -> bool:
 def _planes(img: ImageData, y0: int, y1: int, dtype: np.dtype | type, *,
             gray_to_rgb: bool = False) -> np.ndarray:
     """Rows y0:y1 as one (n, W, C[+1]) array in `dtype`: colour planes then alpha."""
-    px = _convert(img.pixels[y0:y1], dtype)
+    px = convert_depth(img.pixels[y0:y1], dtype)
     if gray_to_rgb and px.shape[2] == 1:
         px = np.repeat(px, 3, axis=2)
     if img.alpha is None:
@@ -661,7 +597,7 @@ def _planes(img: ImageData, y0: int, y1: int, dtype: np.dtype | type, *,
     # samples into a 16-bit PNG, which must be big-endian
     out = np.empty(px.shape[:2] + (px.shape[2] + 1,), np.dtype(dtype))
     out[..., :-1] = px
-    out[..., -1] = _convert(img.alpha[y0:y1], dtype)
+    out[..., -1] = convert_depth(img.alpha[y0:y1], dtype)
     return out
 
 
@@ -770,75 +706,32 @@ def _write_png(f: BinaryIO, img: ImageData, icc: bytes | None, *, filter_kind: i
 
 # TIFF ---------------------------------------------------------------------------------------
 
-_SHORT, _LONG, _RATIONAL, _UNDEFINED = 3, 4, 5, 7
-
-
-def _write_tiff(f: BinaryIO, img: ImageData, icc: bytes | None, *, compress: bool = True) -> None:
-    """Baseline little-endian TIFF, 8 or 16 bits a sample, deflate + horizontal predictor.
+def _write_tiff(f: BinaryIO, img: ImageData, icc: bytes | None) -> None:
+    """TIFF by tifffile, 8 or 16 bits a sample, deflate + horizontal predictor, straight alpha.
 
     16-bit gray+alpha is written as RGBA: it is valid TIFF as gray+alpha, but PIL and several
     viewers cannot read that combination.
     """
+    import tifffile
+
     depth = 8 if img.bit_depth == 8 else 16
-    dtype = np.uint8 if depth == 8 else np.dtype("<u2")
     as_rgb = depth == 16 and img.channels == 1 and img.alpha is not None
-    spp = (3 if as_rgb else img.channels) + (img.alpha is not None)
-    row_bytes = img.width * spp * depth // 8
-    rows = max(1, (256 << 10) // row_bytes)
-    base = f.tell()
-    f.write(b"II*\x00\x00\x00\x00\x00")   # IFD offset patched once the strips are written
-    offsets, counts = [], []
-    for y0 in range(0, img.height, rows):
-        a = _planes(img, y0, min(y0 + rows, img.height), dtype, gray_to_rgb=as_rgb)
-        if compress:
-            a = a.copy()
-            a[:, 1:] -= a[:, :-1].copy()   # predictor 2: wrapping differences along each row
-            data = zlib.compress(a.tobytes(), 6)
-        else:
-            data = np.ascontiguousarray(a).tobytes()
-        offsets.append(f.tell() - base)
-        counts.append(len(data))
-        f.write(data)
-    entries = [
-        (256, _LONG, [img.width]), (257, _LONG, [img.height]), (258, _SHORT, [depth] * spp),
-        (259, _SHORT, [8 if compress else 1]), (262, _SHORT, [2 if spp >= 3 else 1]),
-        (273, _LONG, offsets), (277, _SHORT, [spp]), (278, _LONG, [rows]), (279, _LONG, counts),
-        (282, _RATIONAL, [72, 1]), (283, _RATIONAL, [72, 1]), (284, _SHORT, [1]), (296, _SHORT, [2]),
-    ]
-    if compress:
-        entries.append((317, _SHORT, [2]))
-    if img.alpha is not None:
-        entries.append((338, _SHORT, [2]))   # unassociated (straight) alpha
-    if icc:
-        entries.append((34675, _UNDEFINED, icc))
-    _write_ifd(f, base, entries)
-
-
-def _write_ifd(f: BinaryIO, base: int, entries: list) -> None:
-    packed = []
-    for tag, typ, values in sorted(entries, key=lambda e: e[0]):
-        if typ == _UNDEFINED:
-            payload, count = bytes(values), len(values)
-        else:
-            code = {_SHORT: "H", _LONG: "I", _RATIONAL: "I"}[typ]
-            payload = struct.pack(f"<{len(values)}{code}", *values)
-            count = len(values) // 2 if typ == _RATIONAL else len(values)
-        if len(payload) <= 4:
-            field = payload.ljust(4, b"\x00")
-        else:   # values that do not fit the entry go before the IFD, word aligned
-            if (f.tell() - base) % 2:
-                f.write(b"\x00")
-            field = struct.pack("<I", f.tell() - base)
-            f.write(payload)
-        packed.append(struct.pack("<HHI", tag, typ, count) + field)
-    if (f.tell() - base) % 2:
-        f.write(b"\x00")
-    ifd_at = f.tell() - base
-    f.write(struct.pack("<H", len(packed)) + b"".join(packed) + b"\x00\x00\x00\x00")
-    end = f.tell()
-    f.seek(base + 4)
-    f.write(struct.pack("<I", ifd_at))
-    f.seek(end)
+    arr = _planes(img, 0, img.height, np.uint8 if depth == 8 else np.uint16, gray_to_rgb=as_rgb)
+    extratags = []
+    if img.exif:
+        tags = Image.Exif()
+        tags.load(_EXIF_PREFIX + img.exif)
+        for tag in _TIFF_EXIF_TAGS:
+            value = tags.get(tag)
+            if isinstance(value, str) and value.isascii():   # TIFF ASCII fields are 7-bit
+                extratags.append((tag, "s", 0, value, True))
+    tifffile.imwrite(f, arr if arr.shape[2] > 1 else arr[..., 0],
+                     photometric="rgb" if arr.shape[2] >= 3 else "minisblack",
+                     planarconfig="contig" if arr.shape[2] > 1 else None,
+                     extrasamples=("unassalpha",) if img.alpha is not None else None,
+                     compression="zlib", compressionargs={"level": 6}, predictor=True,
+                     resolution=(72, 72), resolutionunit="inch", iccprofile=icc,
+                     metadata=None, software=False, extratags=extratags)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -900,7 +793,7 @@ def resize_plane(plane: np.ndarray, width: int, height: int,
     else:   # 16-bit and float one channel at a time in float32, since PIL has no 16-bit RGB
         chans = [np.asarray(Image.fromarray(a[..., c].astype(np.float32) / max_value(a.dtype))
                             .resize((width, height), resample)) for c in range(a.shape[2])]
-        out = _convert(np.stack(chans, axis=2), a.dtype)
+        out = convert_depth(np.stack(chans, axis=2), a.dtype)
     return out[..., 0] if plane.ndim == 2 else out
 
 

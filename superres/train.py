@@ -56,7 +56,8 @@ from .config import Config, ConfigError, config_digest, load_config, save_config
 from .data import IndexStreamSampler, PatchDataset
 from .losses import (GAN_LOSSES, RELATIVISTIC, DLoss, GLoss, TextureLoss, VGGPerceptualLoss, artifact_loss,
                      feature_matching_loss, pixel_loss, r1_penalty)
-from .weights import atomic_write_bytes, load_generator, save_weights
+from .fs import atomic_write_with as atomic_write_bytes
+from .weights import load_generator, save_weights
 
 log = logging.getLogger(__name__)
 

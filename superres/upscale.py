@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from PIL import Image
 
 from . import runtime
-from .images import (FORMATS, DEFAULT_QUALITY, ImageError, normalize_format, probe_image, read_image,
-                     remove_stale_temp_files, write_image)
+from .fs import atomic_write, remove_stale_temp_files
+from .images import (FORMATS, IMAGE_EXTENSIONS, DEFAULT_QUALITY, ImageError, normalize_format, probe_image,
+                     read_image, write_image)
 from .models import MODELS, ModelNotFound, resolve_model_path
 from .runtime import ALPHA_MODES, DEFAULT_OVERLAP
 
@@ -105,7 +106,7 @@ def _is_candidate(f: Path) -> bool:
     Broken links, pipes and unreadable files are kept so that reading them reports them; skipping them
     here would drop them silently.
     """
-    return f.suffix.lower() in _READABLE and not f.is_dir()
+    return f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir()
 
 
 def gather_inputs(specs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -138,10 +139,6 @@ def gather_inputs(specs: list[str], recursive: bool) -> tuple[list[tuple[Path, P
             seen.add(key)
             unique.append((f, root))
     return unique, errors
-
-
-_READABLE = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm",
-             ".jfif", ".jpe", ".apng"}
 
 
 def _output_path(src: Path, root: Path, out: Path, single_file: bool, suffix: str, fmt: str | None) -> Path:
@@ -281,7 +278,7 @@ def _plan_output(args: argparse.Namespace, items: list[tuple[Path, Path]]) -> tu
     one_input = len(args.inputs) == 1 and len(items) == 1 and not Path(args.inputs[0]).is_dir() \
         and not (_GLOB_CHARS & set(args.inputs[0]) and not Path(args.inputs[0]).exists())
     suffix = out.suffix.lower()
-    looks_like_file = out.is_file() or suffix in FORMATS or suffix in _READABLE
+    looks_like_file = out.is_file() or suffix in FORMATS or suffix in IMAGE_EXTENSIONS
     if not as_folder and not one_input and looks_like_file:
         several = f"{len(items)} inputs" if len(items) != 1 else f"the folder or pattern {args.inputs[0]!r}"
         raise _UsageError(f"-o {args.output} is a file name, but {several} need an output folder: "
@@ -291,7 +288,7 @@ def _plan_output(args: argparse.Namespace, items: list[tuple[Path, Path]]) -> tu
         if suffix not in FORMATS and not fmt:
             raise _UsageError(f"{out}: the output file needs an image extension "
                               f"({', '.join(sorted(FORMATS))}) or --format")
-        if fmt and suffix in FORMATS.keys() | _READABLE and FORMATS.get(suffix, "").lower() != fmt:
+        if fmt and suffix in IMAGE_EXTENSIONS and FORMATS.get(suffix, "").lower() != fmt:
             raise _UsageError(f"--format {args.format} would write {fmt.upper()} data into {out.name}; "
                               f"name the output {out.with_suffix('.' + args.format).name} or drop --format")
         if out.is_dir():
@@ -488,11 +485,7 @@ def _finish(args: argparse.Namespace, report: list[dict[str, Any]], failed: int,
             not_done: int) -> int:
     """Write --report, log the summary line, return the exit code (local and Ray runs alike)."""
     if args.report:
-        from .weights import atomic_write_bytes
-
-        data = json.dumps(report, indent=2).encode()
-        # atomic_write_bytes takes a function that writes the temp file, not the bytes themselves
-        atomic_write_bytes(args.report, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write(args.report, json.dumps(report, indent=2).encode())
     n_ok = sum(e.get("status") == "ok" for e in report)
     n_skipped = sum(e.get("status") == "skipped" for e in report)
     log.info("%d written, %d skipped (output exists), %d failed%s", n_ok, n_skipped, failed,

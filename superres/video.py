@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .fs import atomic_write
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".flv",
@@ -132,9 +134,7 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[i
     elif resume:
         log.info("nothing to resume in %s; starting from the beginning", parts)
     parts.mkdir(parents=True)
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, mpath)
+    atomic_write(mpath, json.dumps(manifest, indent=2).encode())
     return set()
 
 

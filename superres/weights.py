@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from .archs import GENERATORS, Ambiguous, arch_name_of, build_generator
 from .archs.spec import Hparams, StateDict
+from .fs import atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +31,6 @@ class WeightsError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # writing
-
-def atomic_write_bytes(path: str | os.PathLike, write_fn) -> None:
-    """Call write_fn(tmp_path) then rename onto `path`: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        # mkstemp makes the file 0600; give the result the permissions a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def save_weights(path: str | os.PathLike, model: nn.Module, *, arch: str | None = None,
                  extra_metadata: dict[str, Any] | None = None) -> None:
@@ -63,7 +44,7 @@ def save_weights(path: str | os.PathLike, model: nn.Module, *, arch: str | None 
     for k, v in (extra_metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write_with(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -223,3 +223,36 @@ def test_split_holdout_is_fixed_by_the_sorted_names():
     assert [p.name for p in held] == ["09.png", "19.png"]
     assert len(kept) == 23 and not set(kept) & set(held)
     assert split_holdout(paths, 0) == (paths, [])
+
+
+def test_readers_wrap_read_image_with_their_conversions(tmp_path):
+    """Training gets 3 channels, the benchmark keeps gray gray; both round 16 bits to 8 and apply
+    EXIF orientation, alpha dropped."""
+    from superres.evaluate import read_image as read_benchmark
+    from superres.images import ImageData, write_image
+
+    gray16 = np.array([[0, 128, 129, 65535], [257, 383, 384, 1000]], np.uint16)[..., None]
+    write_image(tmp_path / "g.png", ImageData(gray16))
+    expect = np.floor(gray16[..., 0] / 257.0 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(read_benchmark(tmp_path / "g.png"), expect)
+    np.testing.assert_array_equal(load_rgb_uint8(tmp_path / "g.png"), np.repeat(expect[..., None], 3, 2))
+
+    rgba = np.random.default_rng(0).integers(0, 256, (4, 6, 4), dtype=np.uint8)
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    Image.fromarray(rgba).save(tmp_path / "r.png", exif=ex)
+    for read in (read_benchmark, load_rgb_uint8):
+        out = read(tmp_path / "r.png")
+        np.testing.assert_array_equal(out, np.rot90(rgba[..., :3], -1))
+        assert out.flags.writeable
+
+
+def test_one_lr_hr_name_matcher():
+    from superres.data import hr_key, lr_key
+
+    for lr in ("baby", "babyx4", "baby_x4", "baby-x4", "baby.x4", "baby_x4_LR", "baby_LR", "baby_bicubic",
+               "BABY_X4"):
+        assert lr_key(lr, 4) == "baby", lr
+    # only this scale's suffix, and only from LR names: an HR image box2 stays box2 at x2
+    assert lr_key("baby_x2", 4) == "baby_x2" and hr_key("box2") == "box2"
+    assert hr_key("baby_HR") == hr_key("baby") == "baby"

@@ -417,3 +417,92 @@ def test_write_image_leaves_no_temp_file_when_interrupted(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         write_image(tmp_path / "x.png", ImageData(_rgb()))
     assert list(tmp_path.iterdir()) == []
+
+
+def _exif_with_thumbnail(orientation: int) -> tuple[bytes, bytes]:
+    """(EXIF with Make, the orientation and an IFD1 thumbnail, the thumbnail's JPEG bytes).
+
+    Built by hand because PIL writes no IFD1; little-endian TIFF layout: IFD0 (2 entries) at 8, the
+    Make string at 38, IFD1 (2 entries) at 48, the thumbnail at 78.
+    """
+    import struct
+
+    thumb = _pil_bytes(Image.fromarray(_smooth_rgb(6, 8)), "JPEG")
+    make = b"TestMaker\x00"
+    ifd0 = struct.pack("<H", 2) + struct.pack("<HHII", 0x010F, 2, len(make), 38) \
+        + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 48)
+    ifd1 = struct.pack("<H", 2) + struct.pack("<HHII", 0x0201, 4, 1, 78) \
+        + struct.pack("<HHII", 0x0202, 4, 1, len(thumb)) + struct.pack("<I", 0)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + make + ifd1 + thumb, thumb
+
+
+def _thumbnail_of(path) -> dict:
+    from PIL import ExifTags
+
+    with Image.open(path) as im:
+        return dict(im.getexif().get_ifd(ExifTags.IFD.IFD1))
+
+
+def test_rotated_jpeg_drops_its_unrotated_exif_thumbnail(tmp_path):
+    x = _smooth_rgb(24, 32)
+    exif, thumb = _exif_with_thumbnail(6)
+    src = tmp_path / "in.jpg"
+    Image.fromarray(x).save(src, quality=100, exif=exif)
+    assert _thumbnail_of(src).get(0x0202) == len(thumb)   # the input really has one
+    img = read_image(src)
+    out = tmp_path / "out.jpg"
+    write_image(out, img)
+    assert _thumbnail_of(out) == {}   # it showed the stored, unturned picture
+    with Image.open(out) as im:
+        assert im.size == (24, 32) and im.getexif().get(0x010F) == "TestMaker"
+
+
+def test_upright_jpeg_keeps_its_exif_thumbnail(tmp_path):
+    exif, thumb = _exif_with_thumbnail(1)
+    src = tmp_path / "in.jpg"
+    Image.fromarray(_smooth_rgb(24, 32)).save(src, quality=100, exif=exif)
+    write_image(tmp_path / "out.jpg", read_image(src))
+    assert _thumbnail_of(tmp_path / "out.jpg").get(0x0202) == len(thumb)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_tiff_output_keeps_descriptive_exif(tmp_path, dtype):
+    src = tmp_path / "in.jpg"
+    Image.fromarray(_smooth_rgb(24, 32)).save(src, quality=100, exif=_exif(6))
+    img = read_image(src)
+    img.pixels = img.pixels.astype(dtype) * (257 if dtype == np.uint16 else 1)
+    out = tmp_path / "out.tif"
+    write_image(out, img)
+    with Image.open(out) as im:   # another reader sees the tag ...
+        assert im.getexif().get(0x010F) == "TestMaker"
+    back = read_image(out)        # ... and so do we, with the turned pixels at full depth
+    np.testing.assert_array_equal(back.pixels, img.pixels)
+    again = Image.Exif()
+    again.load(b"Exif\x00\x00" + back.exif)
+    assert again.get(0x010F) == "TestMaker"
+
+
+@pytest.mark.parametrize("kw,premultiplied", [
+    ({"compression": "lzw"}, False), ({"compression": "zlib", "planarconfig": "separate"}, False),
+    ({"compression": "lzw"}, True)])
+def test_16bit_rgba_tiff_from_other_writers(tmp_path, kw, premultiplied):
+    """LZW (what image editors write), planar layout and premultiplied alpha, in full 16 bits."""
+    import tifffile
+
+    px, alpha = _rgb(12, 10, np.uint16), np.full((12, 10), 65535, np.uint16)
+    alpha[0, :] = 32768
+    stored = np.concatenate([px, alpha[..., None]], axis=2)
+    if premultiplied:
+        stored[..., :3] = np.round(px * (alpha[..., None] / 65535.0)).astype(np.uint16)
+    if kw.get("planarconfig") == "separate":
+        stored = np.moveaxis(stored, -1, 0)
+    tifffile.imwrite(tmp_path / "x.tif", stored, photometric="rgb",
+                     extrasamples=("assocalpha" if premultiplied else "unassalpha",), **kw)
+    img = read_image(tmp_path / "x.tif")
+    assert img.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(img.alpha, alpha)
+    if premultiplied:   # divided out again: within rounding of the half-transparent row
+        assert np.abs(img.pixels.astype(int) - px).max() <= 2
+        np.testing.assert_array_equal(img.pixels[1:], px[1:])
+    else:
+        np.testing.assert_array_equal(img.pixels, px)

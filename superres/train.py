@@ -53,10 +53,10 @@ from . import checkpoint as ckpt_lib
 from . import runtime
 from .archs import build_discriminator, build_generator
 from .config import Config, ConfigError, config_digest, load_config, save_config, uses_discriminator
-from .data import IndexStreamSampler, PatchDataset
+from .data import IndexStreamSampler, PatchDataset, hr_folder
 from .losses import (GAN_LOSSES, RELATIVISTIC, DLoss, GLoss, TextureLoss, VGGPerceptualLoss, artifact_loss,
                      feature_matching_loss, pixel_loss, r1_penalty)
-from .fs import atomic_write_with as atomic_write_bytes
+from .fs import atomic_write_with
 from .weights import load_generator, save_weights
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut short by the kill
         if rec.get("step", 0) <= step:
             kept.append(line)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
+    atomic_write_with(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
 
 
 PATH_RULE = ("relative paths in a config file are relative to that file's folder, those given with "
@@ -1052,12 +1052,6 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
 # ---------------------------------------------------------------------------------------------
 # validation
 
-def _hr_folder(d: str | Path) -> Path:
-    """A benchmark folder (Set5/ with HR/ and LR_bicubic/ inside) or a plain folder of HR images."""
-    d = Path(d)
-    return d / "HR" if (d / "HR").is_dir() else d
-
-
 def _val_name(d: str | Path) -> str:
     return Path(d).name if Path(d).name != "HR" else Path(d).parent.name
 
@@ -1099,7 +1093,7 @@ def validate(model: nn.Module, cfg: Config, device: torch.device, amp_dtype, run
         for m in metrics:
             out[f"val/{m}"] = float(np.mean([out[f"val/{n}/{m}"] for n in names]))
         if cfg.log.sample_images > 0 and cfg.data.val_dirs:
-            save_samples(model, _hr_folder(cfg.data.val_dirs[0]), cfg.model.scale, cfg.log.sample_images,
+            save_samples(model, hr_folder(cfg.data.val_dirs[0]), cfg.model.scale, cfg.log.sample_images,
                          run_dir / "samples", step, device, tb)
     return out
 
@@ -1129,7 +1123,7 @@ def save_samples(model: nn.Module, hr_dir: Path, scale: int, count: int, out_dir
         lr_big = lr.repeat(scale, axis=0).repeat(scale, axis=1)
         strip = np.concatenate([lr_big, sr, hr], axis=1)
         dest = out_dir / f"step{step:08d}_{path.stem}.png"
-        Image.fromarray(strip).save(dest)
+        atomic_write_with(dest, lambda tmp, strip=strip: Image.fromarray(strip).save(tmp, format="PNG"))
         paths.append(dest)
         if tb is not None:
             tb.add_image(f"samples/{path.stem}", strip, step, dataformats="HWC")

@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ._lazy import lazy_module
+from .formats import (DEFAULT_QUALITY, FORMATS, IMAGE_EXTENSIONS, SIXTEEN_BIT_FORMATS, ImageError,
+                      format_from_path, normalize_format)
 from .fs import atomic_write_with, remove_stale_temp_files
 
 torch = lazy_module("torch")   # only to_tensor/from_tensor need it; reading and writing files do not
@@ -47,23 +49,9 @@ __all__ = [
     "from_tensor",
 ]
 
-# file suffix -> PIL format name; these are the formats we write
-FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
-                           ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
-# file suffixes taken as images when a folder is read (upscale inputs, training and benchmark folders):
-# what we write, plus formats PIL reads that nobody asks us to write
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pbm", ".jfif", ".jpe",
-                                                          ".apng"}
-SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
-DEFAULT_QUALITY = 95
-
 _EXIF_PREFIX = b"Exif\x00\x00"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ORIENTATION = 0x0112
-
-
-class ImageError(ValueError):
-    """A file that is not a readable image, or an image that cannot be written as asked."""
 
 
 @dataclass
@@ -151,27 +139,6 @@ def from_tensor(t: torch.Tensor, dtype: np.dtype | type = np.uint8) -> np.ndarra
 
 # ---------------------------------------------------------------------------------------------
 # formats
-
-def normalize_format(name: str) -> str:
-    """"jpg", ".JPEG", "tif", "PNG" ... -> the PIL format name."""
-    key = "." + name.lower().lstrip(".")
-    if key not in FORMATS:
-        raise ImageError(f"unknown image format {name!r}; allowed: "
-                         f"{sorted({k.lstrip('.') for k in FORMATS})}")
-    return FORMATS[key]
-
-
-def format_from_path(path: str | os.PathLike) -> str:
-    suffix = Path(path).suffix
-    if not suffix:
-        raise ImageError(f"{path}: no file extension to tell the image format; add one "
-                         f"({', '.join(sorted(FORMATS))}) or give the format")
-    try:
-        return normalize_format(suffix)
-    except ImageError:
-        raise ImageError(f"{path}: cannot write {suffix!r} files; allowed extensions: "
-                         f"{', '.join(sorted(FORMATS))}") from None
-
 
 # ---------------------------------------------------------------------------------------------
 # EXIF and orientation

@@ -25,14 +25,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from PIL import Image
-
 from . import runtime
+from ._lazy import lazy_function
+from .formats import FORMATS, IMAGE_EXTENSIONS, DEFAULT_QUALITY, ImageError, normalize_format
 from .fs import atomic_write, remove_stale_temp_files
-from .images import (FORMATS, IMAGE_EXTENSIONS, DEFAULT_QUALITY, ImageError, normalize_format, probe_image,
-                     read_image, write_image)
 from .models import MODELS, ModelNotFound, resolve_model_path
 from .runtime import ALPHA_MODES, DEFAULT_OVERLAP
+
+# images.py needs numpy and Pillow: loaded on first use, so option errors answer at once
+probe_image = lazy_function("superres.images", "probe_image")
+read_image = lazy_function("superres.images", "read_image")
+write_image = lazy_function("superres.images", "write_image")
 
 if TYPE_CHECKING:
     from .inference import Upscaler
@@ -460,6 +463,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     interrupted: int | None = None
     bar = tqdm(plan, desc="images", unit="img", disable=args.no_progress or len(items) == 1, file=sys.stderr)
     # PIL's decompression-bomb limit gives way to --max-pixels, which is checked first from the header
+    from PIL import Image
+
     saved_pil_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None if not args.max_pixels else max(args.max_pixels, saved_pil_limit or 0)
     main_thread = threading.current_thread() is threading.main_thread()

@@ -84,7 +84,9 @@ def test_every_image_once_byte_identical_to_local(cluster, tiny, tmp_path):
     assert sorted(Path(e["input"]).name for e in ok) == names          # each image exactly once
     errors = [e for e in entries if e["status"] == "error"]
     assert len(errors) == 1 and "broken.png" in errors[0]["error"]      # the bad file, reported once
-    assert len({e["worker"] for e in ok}) == 2                          # both workers did work
+    # Two actors were asked for; which of them takes which file is Ray's business (a fast one may
+    # take them all while the other still loads its model), so only the bound is checked.
+    assert 1 <= len({e["worker"] for e in ok}) <= 2
     assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")   # byte-identical results
     # A rerun skips everything that exists (the same rule as the local path).
     rc = main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--model", str(tiny),

@@ -692,13 +692,66 @@ def _write_tiff(f: BinaryIO, img: ImageData, icc: bytes | None) -> None:
             value = tags.get(tag)
             if isinstance(value, str) and value.isascii():   # TIFF ASCII fields are 7-bit
                 extratags.append((tag, "s", 0, value, True))
-    tifffile.imwrite(f, arr if arr.shape[2] > 1 else arr[..., 0],
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr if arr.shape[2] > 1 else arr[..., 0],
                      photometric="rgb" if arr.shape[2] >= 3 else "minisblack",
                      planarconfig="contig" if arr.shape[2] > 1 else None,
                      extrasamples=("unassalpha",) if img.alpha is not None else None,
                      compression="zlib", compressionargs={"level": 6}, predictor=True,
                      resolution=(72, 72), resolutionunit="inch", iccprofile=icc,
                      metadata=None, software=False, extratags=extratags)
+    data = buf.getvalue()
+    if img.exif:
+        data = _with_exif_sub_ifds(data, img.exif)
+    f.write(data)
+
+
+# The TIFF tags that point to EXIF's own directories: camera settings (exposure, lens, dates) and GPS.
+_SUB_IFD_POINTERS = (0x8769, 0x8825)
+
+
+def _with_exif_sub_ifds(tiff: bytes, exif_body: bytes) -> bytes:
+    """A classic TIFF with the EXIF and GPS directories of `exif_body` attached to its first IFD.
+
+    tifffile writes the image and the first IFD's own tags but refuses the pointer tags 34665 and
+    34853, so the directories are appended after it: each sub-IFD goes to the end of the file
+    (serialised by Pillow at its final offset), then a copy of the first IFD with the pointer
+    entries added, and the header is pointed at that copy. The entries of the first IFD are moved
+    unchanged, so every offset they hold stays valid; the old copy is left as unused bytes.
+    """
+    from PIL import TiffImagePlugin
+
+    order = tiff[:2]
+    end = "<" if order == b"II" else ">"
+    if order not in (b"II", b"MM") or struct.unpack(end + "H", tiff[2:4])[0] != 42:
+        return tiff   # BigTIFF or not a TIFF: leave it as tifffile wrote it
+    tags = Image.Exif()
+    tags.load(_EXIF_PREFIX + exif_body)
+    subs = {}
+    for pointer in _SUB_IFD_POINTERS:
+        sub = tags.get_ifd(pointer)
+        if sub:
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=order + tiff[2:4] + b"\0\0\0\0")
+            for tag, value in sub.items():
+                ifd[tag] = value
+            subs[pointer] = ifd
+    if not subs:
+        return tiff
+    first = struct.unpack(end + "I", tiff[4:8])[0]
+    count = struct.unpack(end + "H", tiff[first:first + 2])[0]
+    entries = {struct.unpack(end + "H", tiff[at:at + 2])[0]: tiff[at:at + 12]
+               for at in range(first + 2, first + 2 + 12 * count, 12)}
+    next_ifd = tiff[first + 2 + 12 * count:first + 6 + 12 * count]
+    out = bytearray(tiff)
+    for pointer, ifd in subs.items():
+        out += b"\0" * (len(out) % 2)   # IFDs start on a word boundary
+        entries[pointer] = struct.pack(end + "HHII", pointer, 4, 1, len(out))   # type 4 = LONG
+        out += ifd.tobytes(len(out))
+    out += b"\0" * (len(out) % 2)
+    new_first = len(out)
+    out += struct.pack(end + "H", len(entries)) + b"".join(entries[t] for t in sorted(entries)) + next_ifd
+    out[4:8] = struct.pack(end + "I", new_first)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------------

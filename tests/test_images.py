@@ -482,6 +482,33 @@ def test_tiff_output_keeps_descriptive_exif(tmp_path, dtype):
     assert again.get(0x010F) == "TestMaker"
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_tiff_output_keeps_camera_settings_and_gps(tmp_path, dtype):
+    """The EXIF directory (exposure, aperture, ISO, dates) and the GPS directory survive a JPEG ->
+    TIFF upscale, at 8 and 16 bits, for Pillow and tifffile alike."""
+    import tifffile
+
+    exif = Image.Exif()
+    exif[0x010F] = "TestMaker"
+    camera = exif.get_ifd(0x8769)
+    camera.update({0x829A: 1 / 125, 0x829D: 2.8, 0x8827: 400, 0x9003: "2024:05:06 07:08:09"})
+    exif.get_ifd(0x8825).update({1: "N", 2: (52.0, 31.0, 12.5)})
+    src = tmp_path / "in.jpg"
+    Image.fromarray(_smooth_rgb(24, 32)).save(src, quality=100, exif=exif)
+    img = read_image(src)
+    img.pixels = img.pixels.astype(dtype) * (257 if dtype == np.uint16 else 1)
+    out = tmp_path / "out.tif"
+    write_image(out, img)
+    with Image.open(out) as im:
+        got = im.getexif()
+        assert got.get(0x010F) == "TestMaker"
+        assert dict(got.get_ifd(0x8769)) == {0x829A: 0.008, 0x829D: 2.8, 0x8827: 400, 0x9003: "2024:05:06 07:08:09"}
+        assert dict(got.get_ifd(0x8825)) == {1: "N", 2: (52.0, 31.0, 12.5)}
+    with tifffile.TiffFile(out) as tf:
+        assert {"ExifTag", "GPSTag", "Make"} <= {t.name for t in tf.pages[0].tags}
+    np.testing.assert_array_equal(read_image(out).pixels, img.pixels)
+
+
 @pytest.mark.parametrize("kw,premultiplied", [
     ({"compression": "lzw"}, False), ({"compression": "zlib", "planarconfig": "separate"}, False),
     ({"compression": "lzw"}, True)])

@@ -768,9 +768,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 failed = True
     print(format_table(report))
     if args.json:
-        from .weights import atomic_write_bytes
+        from .fs import atomic_write
 
-        data = json.dumps(report, indent=2).encode()
-        atomic_write_bytes(args.json, lambda t: Path(t).write_bytes(data))
+        atomic_write(args.json, json.dumps(report, indent=2).encode())
         log.info("wrote %s", args.json)
     return 1 if failed else 0

@@ -99,7 +99,7 @@ def run_on_ray(args: argparse.Namespace, plan: list[tuple[Path, Path]], fmt: str
     workers = max(1, min(workers, len(plan)))
     from .upscale import upscaler_options
     options = upscaler_options(args)
-    fields = ("overwrite", "outscale", "width", "height", "alpha", "quality", "max_pixels",
+    fields = ("overwrite", "outscale", "width", "height", "alpha", "quality", "png_level", "max_pixels",
               "max_output_pixels")
     worker_args = {k: getattr(args, k, None) for k in fields}
     worker_args["no_progress"] = True    # tiles of many workers would garble one terminal

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ._lazy import lazy_module
-from .formats import (DEFAULT_QUALITY, FORMATS, IMAGE_EXTENSIONS, SIXTEEN_BIT_FORMATS, ImageError,
+from .formats import (DEFAULT_PNG_LEVEL, DEFAULT_QUALITY, FORMATS, IMAGE_EXTENSIONS, SIXTEEN_BIT_FORMATS, ImageError,
                       format_from_path, normalize_format)
 from .fs import atomic_write_with, remove_stale_temp_files
 
@@ -503,7 +503,7 @@ def _tiff16_planes(data: bytes, im: Image.Image, img: ImageData) -> ImageData:
 # writing
 
 def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None = None,
-                quality: int = DEFAULT_QUALITY) -> None:
+                quality: int = DEFAULT_QUALITY, png_level: int = DEFAULT_PNG_LEVEL) -> None:
     """Write atomically (temp file + rename): an interrupted write leaves no partial file.
 
     Raises ImageError for what cannot be encoded and OSError (whose filename is `path`, never the temp
@@ -513,22 +513,25 @@ def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None =
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            _encode(f, img, fmt, quality)
+            _encode(f, img, fmt, quality, png_level)
 
     # parents=False: a missing output folder is the caller's mistake to report, not to paper over
     atomic_write_with(path, write, parents=False)
 
 
-def encode_image(img: ImageData, format: str, *, quality: int = DEFAULT_QUALITY) -> bytes:
+def encode_image(img: ImageData, format: str, *, quality: int = DEFAULT_QUALITY,
+                 png_level: int = DEFAULT_PNG_LEVEL) -> bytes:
     """The bytes of an image file in `format` ("png", "jpg", ...)."""
     buf = io.BytesIO()
-    _encode(buf, img, normalize_format(format), quality)
+    _encode(buf, img, normalize_format(format), quality, png_level)
     return buf.getvalue()
 
 
-def _encode(f: BinaryIO, img: ImageData, fmt: str, quality: int) -> None:
+def _encode(f: BinaryIO, img: ImageData, fmt: str, quality: int, png_level: int = DEFAULT_PNG_LEVEL) -> None:
     if not 1 <= quality <= 100:
         raise ImageError(f"quality={quality}; allowed values: 1..100")
+    if not 0 <= png_level <= 9:
+        raise ImageError(f"png_level={png_level}; allowed values: 0..9")
     if img.width == 0 or img.height == 0:
         raise ImageError(f"cannot write an empty {img.width}x{img.height} image")
     icc = img.icc_profile if img.icc_profile and _icc_fits(img.icc_profile, _written_channels(img, fmt)) \
@@ -536,7 +539,7 @@ def _encode(f: BinaryIO, img: ImageData, fmt: str, quality: int) -> None:
     if img.icc_profile and icc is None:
         log.debug("ICC profile dropped: its colour space does not match the %s output", fmt)
     if fmt == "PNG":
-        _write_png(f, img, icc)
+        _write_png(f, img, icc, level=png_level)
     elif fmt == "TIFF":
         _write_tiff(f, img, icc)
     else:
@@ -639,7 +642,7 @@ def _png_filter(raw: np.ndarray, prev: np.ndarray, bpp: int, kind: int) -> np.nd
 
 
 def _write_png(f: BinaryIO, img: ImageData, icc: bytes | None, *, filter_kind: int = 4,
-               level: int = 6) -> None:
+               level: int = DEFAULT_PNG_LEVEL) -> None:
     depth = 8 if img.bit_depth == 8 else 16
     dtype = np.uint8 if depth == 8 else np.dtype(">u2")
     channels = img.channels + (img.alpha is not None)

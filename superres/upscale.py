@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import runtime
 from ._lazy import lazy_function
-from .formats import FORMATS, IMAGE_EXTENSIONS, DEFAULT_QUALITY, ImageError, normalize_format
+from .formats import FORMATS, IMAGE_EXTENSIONS, DEFAULT_PNG_LEVEL, DEFAULT_QUALITY, ImageError, normalize_format
 from .fs import atomic_write, remove_stale_temp_files
 from .models import MODELS, ModelNotFound, resolve_model_path
 from .runtime import ALPHA_MODES, DEFAULT_OVERLAP
@@ -232,6 +232,9 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="output format (default: from the output's extension, else the input's)")
     p.add_argument("--quality", type=_int_in(1, 100), default=DEFAULT_QUALITY,
                    help=f"JPEG/WebP quality 1..100 (default {DEFAULT_QUALITY})")
+    p.add_argument("--png-level", type=_int_in(0, 9), default=DEFAULT_PNG_LEVEL,
+                   help=f"PNG zlib level 0..9 (default {DEFAULT_PNG_LEVEL}: about half the encode time of "
+                        "level 6 for ~4%% more bytes; lossless either way)")
     p.add_argument("--suffix", default="", help="added to output file names in an output folder")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip)")
@@ -376,7 +379,7 @@ def upscale_file(up: "Upscaler", src: Path, dst: Path, args: argparse.Namespace,
         del img
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, result, format=fmt, quality=args.quality)
+            write_image(dst, result, format=fmt, quality=args.quality, png_level=args.png_level)
         except OSError as e:
             raise ImageError(f"{src}: could not write the output {e.filename or dst} "
                              f"({e.strerror or e})") from None

@@ -118,7 +118,7 @@ def test_a_killed_worker_is_replaced_and_its_task_retried(cluster, tiny, tmp_pat
     plan = [(tmp_path / "in" / n, tmp_path / "out" / n) for n in names]
     args = argparse.Namespace(ray=cluster, workers=2, gpus_per_worker=0.0, model=str(tiny), strength=None,
                               device="cpu", precision="fp32", tile=None, tile_overlap=16, overwrite=False,
-                              outscale=None, width=None, height=None, alpha="model", quality=95,
+                              outscale=None, width=None, height=None, alpha="model", quality=95, png_level=3,
                               max_pixels=0, max_output_pixels=0, no_progress=True)
     entries = run_on_ray(args, plan, None, {p for p, _ in plan}, worker=_CrashOnce)
     assert (tmp_path / "crashed").exists()                               # a worker really died

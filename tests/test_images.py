@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from superres.images import (ImageData, ImageError, ImageInfo, decode_image, encode_image, image_from_pil,
+from superres.images import (ImageData, ImageError, ImageInfo, decode_image, encode_image, image_from_array,
+                             image_from_pil,
                              probe_image, read_image, remove_stale_temp_files, write_image)
 
 RNG = np.random.default_rng(1234)
@@ -533,3 +534,13 @@ def test_16bit_rgba_tiff_from_other_writers(tmp_path, kw, premultiplied):
         np.testing.assert_array_equal(img.pixels[1:], px[1:])
     else:
         np.testing.assert_array_equal(img.pixels, px)
+
+
+def test_png_level_trades_bytes_for_time_never_pixels():
+    img = image_from_array(_smooth_rgb(48, 64))
+    fast, small = encode_image(img, "png", png_level=1), encode_image(img, "png", png_level=9)
+    assert len(fast) > len(small)
+    for data in (fast, small, encode_image(img, "png")):
+        np.testing.assert_array_equal(decode_image(data).pixels, img.pixels)
+    with pytest.raises(ImageError, match=r"png_level=10; allowed values: 0..9"):
+        encode_image(img, "png", png_level=10)

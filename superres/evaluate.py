@@ -33,6 +33,7 @@ from . import metrics as M
 from .data import held_out_images, hr_folder, hr_key, list_images, lr_index, read_uint8
 from .degrade import DEGRADATIONS, degrade_image, image_seed, imresize
 from .fs import atomic_write, atomic_write_with
+from .upscale import hparam
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +466,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="dataset folder with HR images or an HR/ subfolder (repeatable); with "
                         "--no-reference, a folder of LR photos")
     p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--hparams", type=hparam, action="append", default=None, metavar="KEY=VALUE",
+                   help="a hyperparameter foreign weights files cannot reveal from their keys (repeatable; "
+                        "applies to every --model file), e.g. --hparams act_type=leakyrelu")
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated, from {','.join(METRICS)} (default psnr,ssim; niqe with "
                         "--no-reference)")
@@ -512,7 +516,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_upscalers(specs: list[str], scale: int, device: torch.device,
-                    bf16: bool) -> list[tuple[str, Upscaler]]:
+                    bf16: bool, hparams: dict[str, Any] | None = None) -> list[tuple[str, Upscaler]]:
     from .models import MODELS, resolve_model_path
     from .weights import load_generator
 
@@ -523,7 +527,7 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device,
         elif spec == "hr":
             label, up = "hr", HR_REFERENCE
         else:
-            model, info = load_generator(resolve_model_path(spec))
+            model, info = load_generator(resolve_model_path(spec), hparams=hparams)
             if info["scale"] != scale:
                 raise ValueError(f"model {spec} upscales x{info['scale']} but --scale is {scale}; "
                                  f"pass --scale {info['scale']} or a x{scale} model")
@@ -562,7 +566,7 @@ def run_eval(args: argparse.Namespace) -> int:
         niqe_params = M.load_niqe_params(args.niqe_params) if "niqe" in metrics else None
         lpips_model = (M.load_lpips(args.lpips_backbone, args.lpips_lin, args.lpips_net).to(device)
                        if "lpips" in metrics else None)
-        upscalers = _load_upscalers(args.model, args.scale, device, args.bf16)
+        upscalers = _load_upscalers(args.model, args.scale, device, args.bf16, dict(args.hparams or []) or None)
         if args.holdout < 0 or args.holdout == 1:
             raise ValueError(f"--holdout {args.holdout}: give N >= 2 (the training run's data.holdout)")
         datasets = []

@@ -62,7 +62,21 @@ __all__ = ["Upscaler", "auto_tile_size", "output_size", "gather_inputs", "upscal
 def upscaler_options(args: argparse.Namespace) -> dict[str, Any]:
     """`Upscaler.from_pretrained` keywords from the command line (the local loop, video, Ray workers)."""
     return {"name_or_path": args.model, "strength": args.strength, "device": args.device,
-            "precision": args.precision, "tile": args.tile, "tile_overlap": args.tile_overlap}
+            "precision": args.precision, "tile": args.tile, "tile_overlap": args.tile_overlap,
+            "hparams": dict(getattr(args, "hparams", None) or []) or None}
+
+
+def hparam(text: str) -> tuple[str, Any]:
+    """`--hparams KEY=VALUE` (argparse type): VALUE in TOML syntax (64, true, "prelu"), or a bare word."""
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. act_type=leakyrelu")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value.strip()
 
 
 def _load_upscaler(args: argparse.Namespace) -> "Upscaler | None":
@@ -211,6 +225,10 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help=f"a shipped model ({', '.join(MODELS)}) or a .safetensors/.pth file "
                         "(default: the best shipped model)")
+    p.add_argument("--hparams", type=hparam, action="append", default=None, metavar="KEY=VALUE",
+                   help="a hyperparameter a foreign weights file cannot reveal from its keys (repeatable), "
+                        "e.g. --hparams act_type=leakyrelu for a compact net; the loader says when one "
+                        "is needed")
     p.add_argument("--strength", type=_unit_float, default=None, metavar="0..1",
                    help="blend a GAN model toward its PSNR twin: 1 = GAN as trained, 0 = PSNR model")
     p.add_argument("--tile", type=_int_in(0), default=None, metavar="N",

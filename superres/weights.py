@@ -106,10 +106,11 @@ def _resolve(arch: str, detected: Hparams, given: Hparams, where: str) -> Hparam
         lines = [f"{k}: one of {list(v.choices)} ({v.why})" for k, v in unknown.items()]
         needed = {k: v for k, v in unknown.items() if v.follows is None}
         example = ", ".join(f"{k!r}: {v.choices[0]!r}" for k, v in needed.items())
+        flags = " ".join(f"--hparams {k}={v.choices[0]}" for k, v in needed.items())
         raise WeightsError(f"{where}: {arch} weights do not say {' or '.join(unknown)}: " + "; ".join(lines)
-                           + f". Pass {' and '.join(needed)} explicitly, e.g. hparams={{{example}}} to "
-                           "load_generator or Upscaler.from_pretrained; files we save record it in "
-                           "their metadata")
+                           + f". Pass {' and '.join(needed)} explicitly: `{flags}` on the command line, "
+                           f"hparams={{{example}}} to load_generator or Upscaler.from_pretrained; files "
+                           "we save record it in their metadata")
     return hp
 
 

@@ -330,3 +330,29 @@ def test_cli_missing_input_and_bad_model(tmp_path, model_path):
     assert main(["upscale", str(src), "-o", str(tmp_path / "o.png"), "--model",
                  str(tmp_path / "missing.safetensors"), "--no-progress"]) != 0
     assert not (tmp_path / "o.png").exists()
+
+
+def test_hparams_option_answers_what_the_keys_cannot_tell(tmp_path, caplog):
+    """A compact net with LeakyReLU saved as bare tensors: relu and leakyrelu have the same keys,
+    so the loader asks, and --hparams act_type=leakyrelu answers."""
+    import torch
+
+    from superres.archs import build_generator
+    from superres.cli import main
+
+    torch.manual_seed(0)
+    net = build_generator("compact", num_feat=8, num_conv=2, upscale=2, act_type="leakyrelu")
+    torch.save(net.state_dict(), tmp_path / "community.pth")
+    from PIL import Image
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "in.png")
+    argv = ["upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "community.pth"), "--no-progress"]
+    assert main(argv + ["-o", str(tmp_path / "a.png")]) == 2
+    assert "--hparams act_type=" in caplog.text
+    assert main(argv + ["-o", str(tmp_path / "b.png"), "--hparams", "act_type=leakyrelu"]) == 0
+    with torch.no_grad():
+        want = net(torch.full((1, 3, 8, 8), 100 / 255)).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    got = np.asarray(Image.open(tmp_path / "b.png")).astype(np.float32) / 255
+    assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+    with pytest.raises(SystemExit) as usage:   # argparse's usage error
+        main(argv + ["-o", str(tmp_path / "c.png"), "--hparams", "oops"])
+    assert usage.value.code == 2

@@ -218,7 +218,8 @@ def test_ambiguous_activation_error_names_the_option(tmp_path):
     model = build_generator("compact", upscale=4, act_type="leakyrelu", **TINY["compact"])
     torch.save(model.state_dict(), tmp_path / "m.pth")
     with pytest.raises(WeightsError, match=r"do not say act_type: act_type: one of \['relu', 'leakyrelu'\]"
-                                           r".*Pass act_type explicitly, e\.g\. hparams=\{'act_type': 'relu'\}"):
+                                           r".*Pass act_type explicitly: `--hparams act_type=relu` on the command "
+                                           r"line, hparams=\{'act_type': 'relu'\}"):
         load_generator(tmp_path / "m.pth")
     # and an explicit value that contradicts our own metadata is refused, not applied
     save_weights(tmp_path / "m.safetensors", model)

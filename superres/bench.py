@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import runtime
 from ._lazy import lazy_module
 from .models import MODELS, ModelNotFound, default_model_name, resolve_model_path
+from .upscale import int_in
 
 if TYPE_CHECKING:
     import numpy as np_t
@@ -671,13 +672,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
     p.add_argument("--precision", default="auto", choices=runtime.PRECISIONS,
                    help="as `superres upscale` (the peak conv is measured in the same precision)")
-    p.add_argument("--tile", type=_nonnegative, default=None, metavar="N",
+    p.add_argument("--tile", type=int_in(0), default=None, metavar="N",
                    help="as `superres upscale --tile` (default: automatic, as the command)")
-    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+    p.add_argument("--threads", type=int_in(1), default=None, metavar="N",
                    help="torch intra-op threads (default: torch's choice, as `superres upscale`)")
-    p.add_argument("--repeats", type=_positive, default=None, metavar="N",
+    p.add_argument("--repeats", type=int_in(1), default=None, metavar="N",
                    help=f"timed runs per measurement after one warm-up (default {DEFAULT_REPEATS}; 2 with --quick)")
-    p.add_argument("--folder-images", type=_positive, default=None, metavar="N",
+    p.add_argument("--folder-images", type=int_in(1), default=None, metavar="N",
                    help="images in the temp folder of the folder column (default 4; 2 with --quick)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     p.add_argument("--quick", action="store_true",
@@ -693,26 +694,6 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", action=argparse.BooleanOptionalAction, default=None,
                    help=f"also time the installed optional backends ({', '.join(BACKENDS)}) "
                         "(default on, off with --quick)")
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {v}")
-    return v
-
-
-def _nonnegative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
 
 
 def _resolve_defaults(args: argparse.Namespace) -> None:

@@ -180,7 +180,7 @@ def _number(text: str, kind: type) -> float:
     return value
 
 
-def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(_number(text, int))
         if value < lo or (hi is not None and value > hi):
@@ -231,9 +231,9 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
                         "is needed")
     p.add_argument("--strength", type=_unit_float, default=None, metavar="0..1",
                    help="blend a GAN model toward its PSNR twin: 1 = GAN as trained, 0 = PSNR model")
-    p.add_argument("--tile", type=_int_in(0), default=None, metavar="N",
+    p.add_argument("--tile", type=int_in(0), default=None, metavar="N",
                    help="tile side in input pixels; 0 = whole image at once (default: from free memory)")
-    p.add_argument("--tile-overlap", type=_int_in(0), default=DEFAULT_OVERLAP, metavar="N",
+    p.add_argument("--tile-overlap", type=int_in(0), default=DEFAULT_OVERLAP, metavar="N",
                    help=f"input pixels shared by neighbouring tiles, blended (default {DEFAULT_OVERLAP})")
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
     p.add_argument("--precision", default="auto", choices=runtime.PRECISIONS,
@@ -241,16 +241,16 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--outscale", type=_positive_float, default=None, metavar="F",
                       help="final scale factor (the model's pass, then a Lanczos resize)")
-    size.add_argument("--width", type=_int_in(1), default=None, help="final width (keeps the aspect ratio "
+    size.add_argument("--width", type=int_in(1), default=None, help="final width (keeps the aspect ratio "
                                                                      "unless --height is also given)")
-    p.add_argument("--height", type=_int_in(1), default=None, help="final height")
+    p.add_argument("--height", type=int_in(1), default=None, help="final height")
     p.add_argument("--alpha", default="model", choices=ALPHA_MODES,
                    help="how to upscale an alpha channel (default: by the model)")
     p.add_argument("--format", default=None, choices=sorted({f.lstrip('.') for f in FORMATS}),
                    help="output format (default: from the output's extension, else the input's)")
-    p.add_argument("--quality", type=_int_in(1, 100), default=DEFAULT_QUALITY,
+    p.add_argument("--quality", type=int_in(1, 100), default=DEFAULT_QUALITY,
                    help=f"JPEG/WebP quality 1..100 (default {DEFAULT_QUALITY})")
-    p.add_argument("--png-level", type=_int_in(0, 9), default=DEFAULT_PNG_LEVEL,
+    p.add_argument("--png-level", type=int_in(0, 9), default=DEFAULT_PNG_LEVEL,
                    help=f"PNG zlib level 0..9 (default {DEFAULT_PNG_LEVEL}: about half the encode time of "
                         "level 6 for ~4%% more bytes; lossless either way)")
     p.add_argument("--suffix", default="", help="added to output file names in an output folder")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import Ambiguous, GeneratorSpec, Hparams, StateDict, count_indexed, factor_channels
+from .spec import Ambiguous, GeneratorSpec, Hparams, StateDict, count_indexed, scale_and_channels
 
 SCALES = (1, 2, 3, 4)
 _ACTS = ("prelu", "relu", "leakyrelu")
@@ -76,24 +76,8 @@ def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
     else:
         hp["act_type"] = Ambiguous(("relu", "leakyrelu"), "activations without weights (relu and "
                                    "leakyrelu) leave no trace in the state dict")
-    if "upscale" in given:
-        scale = int(given["upscale"])
-        SPEC.check_scale(scale)
-        if last_out % (scale * scale):
-            raise ValueError(f"compact: the last conv has {last_out} outputs, not a multiple of "
-                             f"upscale^2 = {scale * scale}")
-        return {**hp, "upscale": scale, "num_out_ch": last_out // (scale * scale)}
-    fits = factor_channels(last_out, {s: s * s for s in SCALES})
-    if not fits:
-        raise ValueError(f"compact: the last conv has {last_out} outputs, which is no image channel "
-                         f"count times scale^2 for a scale in {list(SCALES)}")
-    if len(fits) == 1:
-        (scale, num_out), = fits
-        return {**hp, "upscale": scale, "num_out_ch": num_out}
-    why = (f"the last conv has {last_out} outputs: "
-           + " or ".join(f"upscale={s} with {c}-channel output" for s, c in fits))
-    return {**hp, "upscale": Ambiguous(tuple(s for s, _ in fits), why),
-            "num_out_ch": Ambiguous(tuple(c for _, c in fits), why, follows="upscale")}
+    return {**hp, **scale_and_channels(SPEC, last_out, {sc: sc * sc for sc in SCALES}, given, "num_out_ch",
+                                       f"the last conv has {last_out} outputs")}
 
 
 SPEC = GeneratorSpec(name="compact", cls=SRVGGNetCompact, scales=SCALES, input_multiple=lambda scale: 1,

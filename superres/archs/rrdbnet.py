@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import scaled_kaiming_
-from .spec import Ambiguous, GeneratorSpec, Hparams, StateDict, count_indexed, factor_channels
+from .spec import GeneratorSpec, Hparams, StateDict, count_indexed, scale_and_channels
 
 SCALES = (1, 2, 4)
 # Pixel-unshuffle factor of the input per scale: the trunk always runs at 1/4 of the output size.
@@ -105,25 +105,8 @@ def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
     hp: Hparams = dict(num_out_ch=int(state["conv_last.weight"].shape[0]), num_feat=num_feat,
                        num_block=count_indexed(state, r"body\.(\d+)\.rdb1\."),
                        num_grow_ch=int(state["body.0.rdb1.conv1.weight"].shape[0]))
-    if "upscale" in given:
-        scale = int(given["upscale"])
-        SPEC.check_scale(scale)
-        per_channel = UNSHUFFLE[scale] ** 2
-        if first_in % per_channel:
-            raise ValueError(f"rrdbnet: conv_first has {first_in} input channels, which upscale={scale} "
-                             f"(pixel-unshuffle by {UNSHUFFLE[scale]}) cannot produce")
-        return {**hp, "upscale": scale, "num_in_ch": first_in // per_channel}
-    fits = factor_channels(first_in, {s: u * u for s, u in UNSHUFFLE.items()})
-    if not fits:
-        raise ValueError(f"rrdbnet: conv_first has {first_in} input channels, which is no image channel "
-                         f"count times a pixel-unshuffle factor of {sorted(UNSHUFFLE.values())} squared")
-    if len(fits) == 1:
-        (scale, num_in), = fits
-        return {**hp, "upscale": scale, "num_in_ch": num_in}
-    why = (f"conv_first has {first_in} input channels: "
-           + " or ".join(f"upscale={s} with {c}-channel input" for s, c in fits))
-    return {**hp, "upscale": Ambiguous(tuple(s for s, _ in fits), why),
-            "num_in_ch": Ambiguous(tuple(c for _, c in fits), why, follows="upscale")}
+    return {**hp, **scale_and_channels(SPEC, first_in, {sc: u * u for sc, u in UNSHUFFLE.items()}, given,
+                                       "num_in_ch", f"conv_first has {first_in} input channels")}
 
 
 def convert_esrgan_trunk(state: StateDict) -> StateDict | None:

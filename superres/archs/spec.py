@@ -72,3 +72,29 @@ def factor_channels(total: int, factors: dict[int, int]) -> list[tuple[int, int]
     """(scale, channels) pairs with channels * factors[scale] == total and channels an image count."""
     return [(s, total // f) for s, f in factors.items()
             if total % f == 0 and total // f in IMAGE_CHANNELS]
+
+
+def scale_and_channels(spec: "GeneratorSpec", total: int, factors: dict[int, int], given: "Hparams",
+                       channel_key: str, counted: str) -> "Hparams":
+    """{"upscale", channel_key} for a conv whose `total` channels are image channels x factors[scale]
+    (a pixel-shuffle output, a pixel-unshuffle input): the given upscale, else the one pair that
+    fits, else both Ambiguous (the channel count follows the scale). `counted` says what `total`
+    counts, for the messages ("the last conv has 48 outputs")."""
+    side = "input" if "in" in channel_key else "output"
+    if "upscale" in given:
+        scale = int(given["upscale"])
+        spec.check_scale(scale)
+        if total % factors[scale]:
+            raise ValueError(f"{spec.name}: {counted}, which upscale={scale} (x{factors[scale]} channels) "
+                             "cannot produce")
+        return {"upscale": scale, channel_key: total // factors[scale]}
+    fits = factor_channels(total, factors)
+    if not fits:
+        raise ValueError(f"{spec.name}: {counted}, which is no image channel count times one of "
+                         f"{sorted(set(factors.values()))}")
+    if len(fits) == 1:
+        (scale, channels), = fits
+        return {"upscale": scale, channel_key: channels}
+    why = f"{counted}: " + " or ".join(f"upscale={s} with {c}-channel {side}" for s, c in fits)
+    return {"upscale": Ambiguous(tuple(s for s, _ in fits), why),
+            channel_key: Ambiguous(tuple(c for _, c in fits), why, follows="upscale")}

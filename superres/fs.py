@@ -5,7 +5,8 @@ library that wants a path to write to: torch.save, safetensors, ONNX): the conte
 temp file beside the destination, which is renamed onto it only once complete. A reader, or a run
 that skips finished outputs, never sees half a file.
 
-The temp files are all named ".NAME.superres-PID-XXXXXXXX.tmp" next to NAME: the writer's process id
+The temp files are all named ".NAME.superres-<pid>-<8 random characters>.tmp" next to NAME (e.g.
+".photo.png.superres-4711-k2x9_q0a.tmp"): the writer's process id
 in the name tells a file left by a killed run (its process is gone; SIGKILL runs no cleanup) from one
 being written now, so `remove_stale_temp_files` can clean up after the former without touching the
 latter or anything that is not ours.
@@ -27,9 +28,9 @@ __all__ = ["atomic_write", "atomic_write_with", "make_temp_file", "remove_stale_
 
 T = TypeVar("T")
 
-# ".NAME.superres-PID-XXXXXXXX.tmp"; mkstemp's random part is 8 characters of [a-z0-9_]
+# .NAME.superres-<pid>-<random>.tmp, where mkstemp's random part is 8 characters of [a-z0-9_]
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.superres-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
-# What earlier versions wrote (weights.atomic_write_bytes): ".NAME.XXXXXXXX.tmp", no process id, so
+# What earlier versions wrote (weights.atomic_write_bytes): .NAME.<8 random characters>.tmp, no pid, so
 # such a file can only be recognised by the output name the caller is about to write.
 _LEGACY_TEMP = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
 

@@ -55,6 +55,11 @@ class DataConfig:
     val_dirs: list[str] = field(default_factory=lambda: ["../shared/data/benchmarks/Set5",
                                                          "../shared/data/benchmarks/Set14"])
     val_max_images: int = 0  # 0 = all
+    # How validation makes its LR: "bicubic" (the paper protocol) or a seeded draw of "realistic" /
+    # "camera", the same LR `superres eval --degrade NAME --seed val_seed` makes, so a real-world
+    # model is validated (and its best.safetensors chosen) on the inputs it is trained for.
+    val_degradation: str = "bicubic"
+    val_seed: int = 0
     # N > 1: every N-th image (by sorted name) of each training folder is left out of training and
     # validated as "<folder>-holdout": a validation set from the training data's own distribution
     # (BSD200's holdout tracks the BSD100 test set without looking at it). 0 = train on everything.
@@ -127,6 +132,10 @@ class LogConfig:
     keep_last: int = 3
     sample_images: int = 3
     best_metric: str = "psnr"
+    # > 0: a validation whose mean PSNR is below this is never exported as best.safetensors. With
+    # best_metric = "niqe" this is the fidelity floor of a GAN selection rule: NIQE alone rewards
+    # amplified artifacts, so it only ranks the checkpoints that stay faithful.
+    best_min_psnr: float = 0.0
     val_niqe: bool = False  # also compute NIQE (no-reference) on the validation SR images
     tensorboard: bool = True
     progress: bool = True
@@ -186,6 +195,7 @@ def allowed_choices() -> dict[str, tuple[str, ...]]:
     them, so an error lists what really exists and nothing has to register itself beforehand."""
     from . import runtime
     from .data import PatchDataset
+    from .degrade import DEGRADATIONS
     from .losses import GAN_LOSSES, PIXEL_LOSSES
     from .train import LR_SCHEDULES, VALIDATION_METRICS
 
@@ -197,6 +207,7 @@ def allowed_choices() -> dict[str, tuple[str, ...]]:
         "train.precision": runtime.PRECISIONS,
         "log.best_metric": VALIDATION_METRICS,
         "data.degradation": PatchDataset.DEGRADATIONS,
+        "data.val_degradation": DEGRADATIONS,
     }
 
 
@@ -380,6 +391,8 @@ def _check_train(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} = {value} must be > 0")
+    if cfg.log.best_min_psnr < 0:
+        raise ConfigError(f"log.best_min_psnr = {cfg.log.best_min_psnr} must be >= 0 (0 = no floor)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay = {cfg.train.ema_decay} must be in [0, 1)")
 

@@ -291,13 +291,15 @@ def evaluate_generator(model: nn.Module, hr_dir: str | os.PathLike, scale: int,
                        metrics: Iterable[str] = ("psnr", "ssim"), device: str | torch.device = "cpu",
                        max_images: int | None = None, autocast_bf16: bool = False,
                        niqe_params: M.NiqeParams | str | None = None,
-                       files: list[Path] | None = None) -> dict[str, Any]:
-    """Validation for the training loop: `model` on the benchmark protocol for one HR folder.
+                       files: list[Path] | None = None, degrade: str = "bicubic",
+                       seed: int = 0) -> dict[str, Any]:
+    """Validation for the training loop: `model` on the benchmark protocol for one HR folder, or on
+    its degraded track (`degrade`, `seed`: as `load_pairs`).
 
     The model is run on `device` (moved there and back if it lives elsewhere) in eval mode; its
     training flag is restored afterwards. Returns the `evaluate_pairs` summary.
     """
-    pairs = load_pairs(hr_dir, scale, max_images=max_images, files=files)
+    pairs = load_pairs(hr_dir, scale, max_images=max_images, files=files, degrade=degrade, seed=seed)
     device = torch.device(device)
     params = list(model.parameters())
     home = params[0].device if params else device

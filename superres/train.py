@@ -905,13 +905,18 @@ def log_losses(rs: RunState, since_step: int, since_time: float) -> dict[str, An
 
 def validate_and_keep_best(rs: RunState) -> None:
     """Rank 0: validate the EMA generator, log the result, and export it to best.safetensors when
-    log.best_metric improved (lower is better for NIQE, higher for PSNR/SSIM)."""
+    log.best_metric improved (lower is better for NIQE, higher for PSNR/SSIM) among the validations
+    whose mean PSNR reaches log.best_min_psnr."""
     lg = rs.cfg.log
     rs.meter.settle()  # a non-finite loss stops the run before its weights can become "best"
     result = validate(rs.ema, rs.cfg, rs.device, rs.amp_dtype, rs.run_dir, rs.step, rs.tb)
     write_metrics(rs, {"step": rs.step, **result})
     key = f"val/{lg.best_metric}"
     score = result.get(key)
+    if score is not None and lg.best_min_psnr > 0 and result["val/psnr"] < lg.best_min_psnr:
+        log.info("step %d: val/psnr %.4f is below log.best_min_psnr = %g, so it cannot be the best",
+                 rs.step, result["val/psnr"], lg.best_min_psnr)
+        score = None
     if score is not None:
         better = rs.best is None or (score < rs.best if lg.best_metric == "niqe" else score > rs.best)
         if better:
@@ -1083,9 +1088,13 @@ def validate(model: nn.Module, cfg: Config, device: torch.device, amp_dtype, run
         metrics += ("niqe",)
     out: dict[str, float] = {}
     names = []
+    deg = cfg.data.val_degradation
     for name, d, files in _val_sets(cfg):
         res = evaluate_generator(model, d, cfg.model.scale, metrics=metrics, device=str(device),
-                                 max_images=cfg.data.val_max_images or None, files=files)
+                                 max_images=cfg.data.val_max_images or None, files=files,
+                                 degrade=deg, seed=cfg.data.val_seed)
+        # named as `superres eval` names the track, so the two tables can be read side by side
+        name = name if deg == "bicubic" else f"{name}-{deg}"
         names.append(name)
         for m in metrics:
             out[f"val/{name}/{m}"] = float(res[m])
@@ -1094,19 +1103,21 @@ def validate(model: nn.Module, cfg: Config, device: torch.device, amp_dtype, run
             out[f"val/{m}"] = float(np.mean([out[f"val/{n}/{m}"] for n in names]))
         if cfg.log.sample_images > 0 and cfg.data.val_dirs:
             save_samples(model, hr_folder(cfg.data.val_dirs[0]), cfg.model.scale, cfg.log.sample_images,
-                         run_dir / "samples", step, device, tb)
+                         run_dir / "samples", step, device, tb, degrade=deg, seed=cfg.data.val_seed)
     return out
 
 
 @torch.no_grad()
 def save_samples(model: nn.Module, hr_dir: Path, scale: int, count: int, out_dir: Path, step: int,
-                 device: torch.device, tb=None, lr_crop: int = 48) -> list[Path]:
+                 device: torch.device, tb=None, lr_crop: int = 48, degrade: str = "bicubic",
+                 seed: int = 0) -> list[Path]:
     """For the first `count` images: a centre crop as [LR (nearest) | SR | HR] side by side, so the
-    samples of successive steps can be compared at a glance."""
+    samples of successive steps can be compared at a glance. The LR is the crop's bicubic LR, or a
+    draw of `degrade` seeded by (seed, file name), the same at every step."""
     from PIL import Image
 
     from .data import list_images, load_rgb_uint8, to_tensor
-    from .degrade import imresize
+    from .degrade import degrade_image, image_seed
     from .inference import tensor_to_uint8, upscale_tensor
 
     was_training = model.training
@@ -1118,7 +1129,7 @@ def save_samples(model: nn.Module, hr_dir: Path, scale: int, count: int, out_dir
         side = min(hr.shape[0], hr.shape[1], lr_crop * scale) // scale * scale
         top, left = (hr.shape[0] - side) // 2, (hr.shape[1] - side) // 2
         hr = hr[top:top + side, left:left + side]
-        lr = imresize(hr, 1 / scale)
+        lr = degrade_image(hr, degrade, scale, image_seed(seed, path.name))
         sr = tensor_to_uint8(upscale_tensor(model, to_tensor(lr)[None].to(device)))
         lr_big = lr.repeat(scale, axis=0).repeat(scale, axis=1)
         strip = np.concatenate([lr_big, sr, hr], axis=1)

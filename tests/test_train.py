@@ -657,3 +657,54 @@ def test_holdout_images_are_validated_and_never_trained_on(tmp_path, monkeypatch
     assert not (tmp_path / "run" / "samples").exists()  # samples come from val_dirs, empty here
     with pytest.raises(ConfigError, match="data.holdout = 1: allowed values"):
         tiny(folder, "data.holdout=1")
+
+
+def test_validation_on_a_degraded_track_matches_eval_and_names_it(tmp_path):
+    from superres.evaluate import evaluate_generator
+    from superres.weights import load_generator
+
+    train_dir = make_images(tmp_path / "Train", n=4, size=40, seed=1)
+    val_dir = make_images(tmp_path / "Val", n=2, size=48, seed=5)
+    cfg = tiny(train_dir, f"data.val_dirs=[{json.dumps(str(val_dir))}]", "train.total_steps=2",
+               "log.val_every=2", "log.val_niqe=false", "log.sample_images=1",
+               "data.val_degradation=realistic", "data.val_seed=3")
+    train(cfg, tmp_path / "run")
+    rec = next(r for r in records(tmp_path / "run") if "val/psnr" in r)
+    assert set(k for k in rec if k.startswith("val/Val")) == {"val/Val-realistic/psnr", "val/Val-realistic/ssim"}
+    # best.safetensors is the EMA generator that was validated: `superres eval`'s function on the
+    # same track (same seed) gives the same number, and the bicubic track another one
+    model, _ = load_generator(tmp_path / "run" / "best.safetensors")
+    same = evaluate_generator(model, val_dir, 4, degrade="realistic", seed=3)["psnr"]
+    assert same == pytest.approx(rec["val/Val-realistic/psnr"], abs=1e-9)
+    assert evaluate_generator(model, val_dir, 4)["psnr"] != pytest.approx(same, abs=1e-3)
+    assert evaluate_generator(model, val_dir, 4, degrade="realistic", seed=4)["psnr"] != pytest.approx(same, abs=1e-3)
+    # the sample strip's LR panel is the degraded LR (nearest-upscaled), not the bicubic one
+    strip = np.asarray(Image.open(next((tmp_path / "run" / "samples").glob("*.png"))))
+    hr = np.asarray(Image.open(val_dir / "0.png").convert("RGB"))[:48, :48]
+    from superres.degrade import degrade_image, image_seed, imresize
+    lr = degrade_image(hr, "realistic", 4, image_seed(3, "0.png"))
+    assert np.array_equal(strip[:, :48][::4, ::4], lr)
+    assert not np.array_equal(lr, imresize(hr, 1 / 4))
+    with pytest.raises(ConfigError, match=r"data.val_degradation = 'jpeg' is not allowed; allowed values: "
+                                          r"\['bicubic', 'realistic', 'camera'\]"):
+        tiny(train_dir, "data.val_degradation=jpeg")
+
+
+def test_best_min_psnr_keeps_unfaithful_validations_out_of_best(tmp_path):
+    images = make_images(tmp_path / "Train", n=4, size=40, seed=1)
+    val = f"data.val_dirs=[{json.dumps(str(images))}]"
+    common = ("train.total_steps=4", "log.val_every=2", "log.val_niqe=false", "log.sample_images=0")
+    train(tiny(images, val, *common), tmp_path / "free")
+    vals = [r["val/psnr"] for r in records(tmp_path / "free") if "val/psnr" in r]
+    assert len(vals) == 2 and (tmp_path / "free" / "best.safetensors").is_file()
+    # a floor above every validation: nothing may become best; a floor below: same as none
+    train(tiny(images, val, *common, f"log.best_min_psnr={max(vals) + 1}"), tmp_path / "high")
+    assert not (tmp_path / "high" / "best.safetensors").exists()
+    train(tiny(images, val, *common, f"log.best_min_psnr={min(vals) - 1}"), tmp_path / "low")
+    from superres.weights import read_state_dict
+    (free, free_meta), (low, low_meta) = (read_state_dict(tmp_path / d / "best.safetensors")
+                                          for d in ("free", "low"))
+    assert free_meta["step"] == low_meta["step"] and free.keys() == low.keys()
+    assert all(torch.equal(free[k], low[k]) for k in free)
+    with pytest.raises(ConfigError, match="log.best_min_psnr = -1.0 must be >= 0"):
+        tiny(images, "log.best_min_psnr=-1")

@@ -39,7 +39,7 @@ import signal
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -666,6 +666,13 @@ def restore_checkpoint(rs: RunState, resume: str | None) -> tuple[dict[str, Any]
     rs.opt_g.load_state_dict(state["opt_g"])
     rs.sched_g.load_state_dict(state["sched_g"])
     rs.step, rs.best = int(state["step"]), state.get("best")
+    # A best score means something only against the same validation: after a change of metric or
+    # track (say from clean bicubic to the realistic track) the old score would shut out every new one.
+    saved_track = state.get("best_track", _best_track_of_old_checkpoint(cfg))
+    if rs.best is not None and saved_track != best_track(cfg):
+        log.info("validation changed since %s (%s -> %s): best.safetensors will be replaced by the next "
+                 "validation", path.name, saved_track, best_track(cfg))
+        rs.best = None
     rs.last_saved = rs.step
     rs.resumed_from = path
     next_sample = int(state.get("sampler", {}).get("next_index", rs.step * cfg.data.batch_size))
@@ -903,6 +910,19 @@ def log_losses(rs: RunState, since_step: int, since_time: float) -> dict[str, An
     return rec
 
 
+def best_track(cfg: Config) -> str:
+    """What a best score was measured on: the metric, the validation sets and how their LR is made."""
+    d = cfg.data
+    seed = f" seed {d.val_seed}" if d.val_degradation != "bicubic" else ""
+    sets = ", ".join(name for name, _, _ in _val_sets(cfg))
+    return f"{cfg.log.best_metric} on {d.val_degradation}{seed} LR of [{sets}]"
+
+
+def _best_track_of_old_checkpoint(cfg: Config) -> str:
+    # checkpoints from before best_track was saved could only validate on bicubic LR
+    return best_track(replace(cfg, data=replace(cfg.data, val_degradation="bicubic")))
+
+
 def validate_and_keep_best(rs: RunState) -> None:
     """Rank 0: validate the EMA generator, log the result, and export it to best.safetensors when
     log.best_metric improved (lower is better for NIQE, higher for PSNR/SSIM) among the validations
@@ -941,7 +961,7 @@ def save_checkpoint(rs: RunState) -> None:
     state = {"step": rs.step, "gen": rs.gen.state_dict(), "ema": rs.ema.state_dict(),
              "opt_g": rs.opt_g.state_dict(), "sched_g": rs.sched_g.state_dict(), "rng": rng_state(),
              "sampler": {"next_index": rs.sample_base + (rs.step - rs.step_base) * cfg.data.batch_size},
-             "best": rs.best, "config_digest": config_digest(cfg)}
+             "best": rs.best, "best_track": best_track(cfg), "config_digest": config_digest(cfg)}
     if rs.disc is not None:
         state.update(disc=rs.disc.state_dict(), opt_d=rs.opt_d.state_dict(), sched_d=rs.sched_d.state_dict())
     if rs.scaler.is_enabled():

@@ -20,7 +20,7 @@ from superres.train import GanHealth, save_samples, train
 from superres.weights import save_weights
 
 REPO = Path(__file__).resolve().parent.parent
-LEGACY_KEYS = {"step", "gen", "ema", "opt_g", "sched_g", "rng", "sampler", "best", "config_digest"}
+STAGE1_KEYS = {"step", "gen", "ema", "opt_g", "sched_g", "rng", "sampler", "best", "best_track", "config_digest"}
 LOSS_KEYS = ("l_pix", "l_adv", "l_fm", "l_percep", "loss_g", "loss_d", "d_real", "d_fake")
 
 
@@ -84,8 +84,8 @@ def test_psnr_run_three_steps(images, tmp_path):
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all(math.isfinite(r["l_pix"]) and "loss_d" not in r for r in recs)
     state = final_state(tmp_path / "run")
-    # Stage 1 writes exactly the checkpoint layout of earlier versions: no discriminator at all.
-    assert set(state) == LEGACY_KEYS and state["step"] == 3
+    # Stage 1 writes no discriminator, D optimizer or scaler state at all.
+    assert set(state) == STAGE1_KEYS and state["step"] == 3
     assert state["sampler"] == {"next_index": 12}
     assert (tmp_path / "run" / "config.toml").is_file()
     assert not torch.are_deterministic_algorithms_enabled()  # train() restores the global switch
@@ -222,7 +222,7 @@ def test_d_warmup_and_update_ratio(images, tmp_path):
 def test_stage_two_from_stage_one_checkpoint(images, tmp_path):
     """A stage-1 checkpoint (no D, no opt_d, no scaler) resumes into a GAN config with a fresh D."""
     train(tiny(images, "train.total_steps=2", "optim.schedule=constant"), tmp_path / "run")
-    assert set(final_state(tmp_path / "run")) == LEGACY_KEYS
+    assert set(final_state(tmp_path / "run")) == STAGE1_KEYS
     train(tiny(images, *GAN, "train.total_steps=4", "optim.schedule=constant"), tmp_path / "run", resume="auto")
     state = final_state(tmp_path / "run")
     assert state["step"] == 4 and "disc" in state
@@ -708,3 +708,42 @@ def test_best_min_psnr_keeps_unfaithful_validations_out_of_best(tmp_path):
     assert all(torch.equal(free[k], low[k]) for k in free)
     with pytest.raises(ConfigError, match="log.best_min_psnr = -1.0 must be >= 0"):
         tiny(images, "log.best_min_psnr=-1")
+
+
+def test_resume_with_another_validation_track_starts_best_over(tmp_path, monkeypatch):
+    from superres.weights import read_state_dict
+
+    images = make_images(tmp_path / "Train", n=4, size=40, seed=1)
+    common = (f"data.val_dirs=[{json.dumps(str(images))}]", "log.val_every=2", "log.val_niqe=false",
+              "log.sample_images=0", "log.ckpt_every=2")
+    run = tmp_path / "run"
+    train(tiny(images, *common, "train.total_steps=2"), run)
+    assert read_state_dict(run / "best.safetensors")[1]["step"] == "2"
+    # the realistic track scores far lower than the clean one: the bicubic best would shut it out
+    # for the rest of the run; a changed track starts the best over
+    train(tiny(images, *common, "train.total_steps=4", "data.val_degradation=realistic"), run, resume="auto")
+    _, meta = read_state_dict(run / "best.safetensors")
+    assert meta["step"] == "4" and "val/psnr" in meta
+    rec = [r for r in records(run) if "val/psnr" in r]
+    assert "val/Train-realistic/psnr" in rec[-1] and rec[-1]["val/psnr"] < rec[0]["val/psnr"]
+    assert final_state(run)["best_track"] == "psnr on realistic seed 0 LR of [Train]"
+    # a checkpoint from before best_track existed validated on bicubic LR
+    old = tmp_path / "old"
+    train(tiny(images, *common, "train.total_steps=2"), old)
+    ckpt = ckpt_lib.latest_checkpoint(old / "checkpoints")
+    state = ckpt_lib.load_train_state(ckpt)
+    del state["best_track"]
+    ckpt_lib.save_train_state(ckpt, state)
+    train(tiny(images, *common, "train.total_steps=4"), old, resume="auto")  # same track: best kept
+    assert final_state(old)["best"] >= state["best"]
+    # the same track again keeps its best: a worse validation does not replace it
+    real_validate = train_mod.validate
+
+    def worse(*args, **kwargs):
+        out = real_validate(*args, **kwargs)
+        return {k: v - 5.0 if k.endswith("psnr") else v for k, v in out.items()}
+
+    monkeypatch.setattr(train_mod, "validate", worse)
+    train(tiny(images, *common, "train.total_steps=6", "data.val_degradation=realistic"), run, resume="auto")
+    assert [r["step"] for r in records(run) if "val/psnr" in r] == [2, 4, 6]
+    assert read_state_dict(run / "best.safetensors")[1]["step"] == "4"

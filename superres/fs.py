@@ -29,7 +29,8 @@ __all__ = ["atomic_write", "atomic_write_with", "make_temp_file", "remove_stale_
 T = TypeVar("T")
 
 # .NAME.superres-<pid>-<random>.tmp, where mkstemp's random part is 8 characters of [a-z0-9_]
-_TEMP_RE = re.compile(r"\.(?P<name>.+)\.superres-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
+# (plus NAME's extension again after .tmp when the writer needs it to pick a format, as PyAV does)
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.superres-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]{1,12})?")
 # What earlier versions wrote (weights.atomic_write_bytes): .NAME.<8 random characters>.tmp, no pid, so
 # such a file can only be recognised by the output name the caller is about to write.
 _LEGACY_TEMP = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
@@ -40,15 +41,16 @@ def _as_destination_error(e: OSError, path: Path) -> OSError:
     return OSError(e.errno, e.strerror, str(path))
 
 
-def make_temp_file(path: str | os.PathLike, *, parents: bool = True) -> Path:
+def make_temp_file(path: str | os.PathLike, *, parents: bool = True, keep_suffix: bool = False) -> Path:
     """Create (empty) and return the temp file that will become `path`, in `path`'s folder so that
-    the final rename never crosses a file system. `parents` creates missing folders first."""
+    the final rename never crosses a file system. `parents` creates missing folders first;
+    `keep_suffix` ends the name with `path`'s extension too, for writers that choose the format by it."""
     path = Path(path)
     try:
         if parents:
             path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.superres-{os.getpid()}-", suffix=".tmp",
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.superres-{os.getpid()}-",
+                                   suffix=".tmp" + (path.suffix if keep_suffix else ""), dir=path.parent)
     except OSError as e:
         raise _as_destination_error(e, path) from e
     os.close(fd)
@@ -63,14 +65,15 @@ def _publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], T], *, parents: bool = True) -> T:
+def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], T], *, parents: bool = True,
+                      keep_suffix: bool = False) -> T:
     """Call `write(tmp)` to fill a temp file, then rename it onto `path`; returns what `write` returned.
 
     On any exception (KeyboardInterrupt and SystemExit from a signal handler included) the temp file
     is removed and `path` is left as it was. An OSError names `path`, never the temp file.
     """
     path = Path(path)
-    tmp = make_temp_file(path, parents=parents)
+    tmp = make_temp_file(path, parents=parents, keep_suffix=keep_suffix)
     try:
         result = write(tmp)
         _publish(tmp, path)
@@ -121,7 +124,7 @@ def remove_stale_temp_files(folder: str | os.PathLike, names: set[str] | frozens
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(".") or not entry.name.endswith(".tmp"):
+        if not entry.name.startswith(".") or ".tmp" not in entry.name:
             continue
         m = _TEMP_RE.fullmatch(entry.name)
         stale = (m is not None and int(m["pid"]) != os.getpid() and not _process_alive(int(m["pid"]))) \

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .fs import atomic_write
+from .fs import atomic_write, atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -307,10 +307,11 @@ def _join(src: Path, dst: Path, parts: Path, segments: int, rotation: int) -> No
     if missing:
         raise VideoError(f"segments {missing[:5]} are missing from {parts}; rerun with --resume")
     fmt = None if dst.suffix else "mp4"
-    tmp = dst.with_name(f".{dst.name}.tmp{dst.suffix}")
     inp = av.open(str(src))
     segs = [av.open(str(_segment_path(parts, k))) for k in range(segments)]
-    try:
+
+    # the temp file keeps dst's extension: PyAV picks the container format by it
+    def mux(tmp: Path) -> None:
         with av.open(str(tmp), "w", format=fmt) as out:
             vout = out.add_stream_from_template(segs[0].streams.video[0])
             if rotation:
@@ -340,13 +341,13 @@ def _join(src: Path, dst: Path, parts: Path, segments: int, rotation: int) -> No
             for packet in heapq.merge(video(), others(), key=when):
                 packet.stream = vout if packet.stream.type == "video" else copied[packet.stream.index]
                 out.mux(packet)
-        os.replace(tmp, dst)
+
+    try:
+        atomic_write_with(dst, mux, keep_suffix=True)
     finally:
         inp.close()
         for seg in segs:
             seg.close()
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,3 +54,19 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_run(tmp_path):
     left = [p for p in tmp_path.iterdir()]
     assert len(left) == 1 and temp_file_target(left[0]) == tmp_path / "m.safetensors"
     assert remove_stale_temp_files(tmp_path) == left and list(tmp_path.iterdir()) == []
+
+
+def test_keep_suffix_temp_names_end_with_the_extension_and_are_cleaned_up(tmp_path):
+    seen = []
+
+    def write(tmp):
+        seen.append(tmp)
+        tmp.write_bytes(b"video")
+
+    atomic_write_with(tmp_path / "clip.mkv", write, keep_suffix=True)
+    assert seen[0].name.endswith(".tmp.mkv") and temp_file_target(seen[0]) == tmp_path / "clip.mkv"
+    assert (tmp_path / "clip.mkv").read_bytes() == b"video" and not seen[0].exists()
+    # a dead writer's temp of this kind is found by the same cleanup as any other
+    stale = tmp_path / ".clip.mkv.superres-999999999-abcd1234.tmp.mkv"
+    stale.write_bytes(b"half")
+    assert remove_stale_temp_files(tmp_path) == [stale] and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv"]

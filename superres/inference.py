@@ -148,17 +148,35 @@ class Upscaler:
     >>> sr = up.upscale(Image.open("photo.jpg"))     # PIL in, PIL out; numpy in, numpy out
 
     tile: LR tile side (0 = whole image at once, None = automatic from free memory).
-    precision: auto|fp32|bf16|fp16 (auto: bf16 + channels_last on CPUs with native bf16, fp16 on
-    CUDA). A tile whose low-precision output has NaN/Inf is recomputed in fp32.
+    precision: auto|fp32|bf16|fp16|int8 (auto: bf16 + channels_last on CPUs with native bf16, fp16 on
+    CUDA). A tile whose low-precision output has NaN/Inf is recomputed in fp32. int8 (CPU only)
+    replaces the model by its ONNX Runtime int8 form (superres/int8.py): the file shipped beside a
+    shipped model's weights, or quantized now from `int8_calibration` (LR tensors (N, C, h, w) in
+    [0, 1], or image folders).
     Safe to share between threads (see the module docstring).
     """
 
     def __init__(self, model: nn.Module, info: dict[str, Any] | None = None, *, device: str = "auto",
                  precision: str = "auto", tile: int | None = None, tile_overlap: int = DEFAULT_OVERLAP,
-                 name: str | None = None) -> None:
+                 name: str | None = None, int8_calibration: Any = None) -> None:
         self.info = dict(info or {})
         self.device = runtime.pick_device(device)
-        self.amp_dtype = runtime.pick_precision(precision, self.device)
+        if precision not in runtime.INFERENCE_PRECISIONS:
+            raise runtime.RuntimeChoiceError(f"precision {precision!r}; allowed values: "
+                                             f"{', '.join(runtime.INFERENCE_PRECISIONS)}")
+        if int8_calibration is not None and precision != "int8":
+            raise runtime.RuntimeChoiceError(f"int8 calibration images were given for precision {precision!r}; "
+                                             "they are only used with precision 'int8'")
+        if precision == "int8":
+            runtime.check_int8(self.device)
+            from .int8 import int8_generator
+
+            self.amp_dtype = None
+            self.precision = "int8"
+            model = int8_generator(model.eval(), self.info, calibration=int8_calibration)
+        else:
+            self.amp_dtype = runtime.pick_precision(precision, self.device)
+            self.precision = runtime.precision_name(self.amp_dtype)
         self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"
         self.model = model.eval().to(self.device)
         if self.channels_last:

@@ -3,6 +3,10 @@
 `auto` means: CUDA if present, else Apple MPS, else CPU; on the CPU bf16 autocast (with channels_last)
 only where the CPU has native bf16 instructions, since emulated bf16 is slower than fp32; on CUDA fp16
 for inference. fp16 is never used on a CPU.
+
+int8 is for inference on the CPU only and is not an autocast dtype: the model is replaced by its
+statically quantized ONNX Runtime form (superres/int8.py), so it is one of INFERENCE_PRECISIONS and
+never auto's pick (it changes the output by a little, which a user should ask for).
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ ALPHA_MODES = ("model", "bicubic")
 DEFAULT_OVERLAP = 16     # LR pixels; >= half the receptive field that matters for our generators
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")          # autocast: training and inference
+INFERENCE_PRECISIONS = (*PRECISIONS, "int8")             # Upscaler, upscale, serve
 
 
 class RuntimeChoiceError(ValueError):
@@ -62,8 +67,18 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def check_int8(device: torch.device) -> None:
+    """Raise unless precision 'int8' can run on `device` (ONNX Runtime's CPU provider only)."""
+    if device.type != "cpu":
+        raise RuntimeChoiceError(f"precision 'int8' runs on the CPU only (ONNX Runtime's CPU provider); the "
+                                 f"device is {device}: use --device cpu, or fp16/bf16 there")
+
+
 def pick_precision(name: str, device: torch.device, *, training: bool = False) -> torch.dtype | None:
     """The autocast dtype for `name` on `device`, or None for plain fp32."""
+    if name == "int8":
+        raise RuntimeChoiceError("precision 'int8' is for inference only (Upscaler quantizes the model); "
+                                 f"as an autocast precision use one of {', '.join(PRECISIONS)}")
     if name not in PRECISIONS:
         raise RuntimeChoiceError(f"precision {name!r}; allowed values: {', '.join(PRECISIONS)}")
     if name == "fp32":

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import runtime
+
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -118,9 +120,16 @@ class ModelPool:
             raise ValueError("no models to serve")
         self.default = next(iter(self.slots))
 
+    @property
+    def blends(self) -> bool:
+        """Whether strength blends can be made: not in int8, whose files are of the models as trained
+        (a blend would need calibration images at request time)."""
+        return self.options["precision"] != "int8"
+
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": s.label, "scale": s.scale, "description": s.description,
-                 "strength": s.has_twin, "default": s.label == self.default} for s in self.slots.values()]
+                 "strength": s.has_twin and self.blends, "default": s.label == self.default}
+                for s in self.slots.values()]
 
     def check(self, label: str | None, strength: float | None) -> tuple[str, float | None]:
         """Validate a request's model and strength (422 naming the allowed values)."""
@@ -137,6 +146,9 @@ class ModelPool:
             strength = round(strength, 2)
             if strength == 1.0:
                 strength = None
+            elif not self.blends:
+                raise RequestError(422, "strength cannot blend models served in int8 (--precision int8 "
+                                        "quantizes the models as trained); leave strength out or use 1")
         return label, strength
 
     def get(self, label: str, strength: float | None) -> Any:
@@ -534,7 +546,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job-ttl", type=float, default=3600.0,
                    help="seconds a finished job's result is kept (default 3600)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-    p.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
+                   help="auto, fp32, bf16, fp16 or int8 (CPU, shipped models) (default auto)")
     p.add_argument("--tile", type=int, default=None, help="LR tile side (default: from free memory)")
 
 

@@ -107,7 +107,7 @@ def _manifest(src: Path, up: Any, opts: VideoOptions, seg_frames: int) -> dict[s
         digest.update(name.encode())
         digest.update(t.detach().float().cpu().numpy().tobytes())
     return {"input": str(src.resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
-            "model": digest.hexdigest()[:16], "precision": str(up.amp_dtype), "tile": up.tile,
+            "model": digest.hexdigest()[:16], "precision": up.precision, "tile": up.tile,
             "options": asdict(opts), "segment_frames": seg_frames}
 
 

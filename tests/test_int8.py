@@ -1,0 +1,172 @@
+"""`--precision int8`: ONNX Runtime static int8 (superres/int8.py) through the inference core.
+
+A tiny MSRResNet is quantized once per module (a few seconds: export + calibration); the shipped
+int8 files are checked against their weights and against fp32 on a small crop.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from superres import runtime  # noqa: E402
+from superres.archs import build_generator  # noqa: E402
+from superres.cli import main  # noqa: E402
+from superres.inference import Upscaler  # noqa: E402
+from superres.int8 import Int8Error, Int8Generator, int8_path, load_int8  # noqa: E402
+from superres.models import MODELS  # noqa: E402
+from superres.weights import save_weights  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = [name for name, entry in MODELS.items() if entry.available]
+
+
+def _tiny(scale: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_generator("msrresnet", upscale=scale, num_feat=8, num_block=1)
+    # PyTorch's default init instead of the 0.1-scaled one: the residual the net adds to its bilinear
+    # skip is then large enough that losing it in quantization would show
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.reset_parameters()
+    return model.eval()
+
+
+def _image(h: int = 20, w: int = 24) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    planes = [np.sin(xx / 3 + k) * np.cos(yy / 4 - k) for k in range(3)]
+    return ((np.stack(planes, axis=2) * 0.4 + 0.5) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    model = _tiny()
+    calib = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    return (Upscaler(model, device="cpu", precision="fp32", tile=0),
+            Upscaler(model, device="cpu", precision="int8", int8_calibration=calib, tile=0))
+
+
+def test_int8_output_is_close_to_fp32_and_keeps_the_networks_part(tiny_pair):
+    fp32, int8 = tiny_pair
+    assert isinstance(int8.model, Int8Generator) and int8.precision == "int8" and int8.amp_dtype is None
+    img = _image()
+    a, b = fp32.upscale(img).astype(int), int8.upscale(img).astype(int)
+    assert a.shape == b.shape == (40, 48, 3)
+    diff = np.abs(a - b)
+    assert diff.max() <= 4 and diff.mean() < 1.0
+    # The network's own contribution (fp32 output minus its bilinear skip) is ~15 levels here; int8
+    # must keep it, not collapse to the skip
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    skip = (F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False).clamp(0, 1) * 255).round()
+    skip = skip[0].permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(a - skip).mean() > 10 * diff.mean()
+
+
+def test_int8_tiles_and_batches_like_the_whole_image(tiny_pair):
+    _, int8 = tiny_pair
+    img = _image(32, 32)
+    whole = int8.upscale(img)
+    tiler = copy.copy(int8)                    # the same int8 module, run tile by tile
+    tiler.tile, tiler.tile_overlap = 16, 8
+    assert tiler.count_tiles(32, 32) > 1
+    # activation ranges are fixed by calibration, not by the input, so a tile computes what the
+    # whole image does wherever its overlap covers the receptive field: only the seams' blend differs
+    assert np.abs(whole.astype(int) - tiler.upscale(img)).max() <= 2
+    frames = int8.upscale_frames([img, img[::-1].copy()])          # one batch of two through ORT
+    assert np.abs(frames[0].astype(int) - whole).max() <= 1
+
+
+def test_int8_is_cpu_only(monkeypatch):
+    with pytest.raises(runtime.RuntimeChoiceError, match="CPU only"):
+        runtime.check_int8(torch.device("cuda"))
+    # the Upscaler refuses before quantizing anything
+    monkeypatch.setattr(runtime, "pick_device", lambda name: torch.device("cuda"))
+    with pytest.raises(runtime.RuntimeChoiceError, match="CPU only"):
+        Upscaler(_tiny(), precision="int8", int8_calibration=torch.rand(1, 3, 8, 8))
+
+
+def test_int8_option_validation():
+    with pytest.raises(Int8Error, match="needs calibration images"):
+        Upscaler(_tiny(), device="cpu", precision="int8")          # no shipped file, no calibration
+    with pytest.raises(Int8Error, match="--strength blend"):
+        Upscaler(_tiny(), {"path": "x.safetensors", "strength": 0.5}, device="cpu", precision="int8")
+    with pytest.raises(runtime.RuntimeChoiceError, match="only used with precision 'int8'"):
+        Upscaler(_tiny(), device="cpu", precision="fp32", int8_calibration=torch.rand(1, 3, 8, 8))
+    with pytest.raises(runtime.RuntimeChoiceError, match="inference only"):
+        runtime.pick_precision("int8", torch.device("cpu"))
+    with pytest.raises(runtime.RuntimeChoiceError, match="allowed values: auto, fp32, bf16, fp16, int8"):
+        Upscaler(_tiny(), device="cpu", precision="int4")
+    assert "int8" not in runtime.PRECISIONS        # training's choices (train.precision) stay autocast ones
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_int8_files_match_their_weights_and_hold_int8_convs(name):
+    import onnx
+
+    gen = load_int8(MODELS[name].path, build_generator("msrresnet", upscale=MODELS[name].scale))
+    assert gen.metadata["source"] == MODELS[name].filename
+    assert "T91" in gen.metadata["calibration"] and "BSD200" in gen.metadata["calibration"]
+    proto = onnx.load(str(int8_path(MODELS[name].path)))
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    int8_weights = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    # every conv reads its weight through a DequantizeLinear of an int8 initializer
+    dq = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(convs) == 2 * 16 + 4 + (MODELS[name].scale == 4)
+    assert all(dq.get(c.input[1]) in int8_weights for c in convs)
+
+
+def test_a_stale_int8_file_is_refused(tmp_path):
+    weights = tmp_path / "psnr-x2.safetensors"
+    save_weights(weights, build_generator("msrresnet", upscale=2, num_feat=8, num_block=1))
+    shutil.copy(int8_path(MODELS["psnr-x2"].path), int8_path(weights))
+    with pytest.raises(Int8Error, match="made from other weights"):
+        Upscaler.from_pretrained(str(weights), device="cpu", precision="int8")
+
+
+@pytest.mark.skipif("psnr-x4" not in SHIPPED, reason="psnr-x4 is not shipped in this build")
+def test_shipped_psnr_x4_in_int8_is_close_to_fp32():
+    lr = np.asarray(Image.open(REPO / "examples/chelsea.png").convert("RGB"))[100:132, 140:172]
+    fp32 = Upscaler.from_pretrained("psnr-x4", device="cpu", precision="fp32", tile=0).upscale(lr).astype(int)
+    int8 = Upscaler.from_pretrained("psnr-x4", device="cpu", precision="int8", tile=0).upscale(lr).astype(int)
+    diff = np.abs(fp32 - int8)
+    assert diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 8
+
+
+@pytest.mark.skipif("psnr-x2" not in SHIPPED, reason="psnr-x2 is not shipped in this build")
+def test_upscale_command_with_int8(tmp_path, caplog):
+    src = tmp_path / "in.png"
+    Image.fromarray(_image()).save(src)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "int8.png"), "--model", "psnr-x2", "--device", "cpu",
+                 "--precision", "int8", "--tile", "0"]) == 0
+    assert main(["upscale", str(src), "-o", str(tmp_path / "fp32.png"), "--model", "psnr-x2", "--device", "cpu",
+                 "--precision", "fp32", "--tile", "0"]) == 0
+    a = np.asarray(Image.open(tmp_path / "fp32.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "int8.png")).astype(int)
+    assert a.shape == b.shape == (40, 48, 3) and 0 < np.abs(a - b).mean() < 1.0
+    with caplog.at_level(logging.ERROR):
+        assert main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", "psnr-x2", "--device", "cpu",
+                     "--int8-calibration", str(tmp_path)]) == 2
+    assert "only used with precision 'int8'" in caplog.text
+
+
+@pytest.mark.skipif("gan-x2" not in SHIPPED, reason="gan-x2 is not shipped in this build")
+def test_service_in_int8_offers_no_strength_blends():
+    from superres.serve import ModelPool, RequestError
+
+    pool = ModelPool(["gan-x2"], device="cpu", precision="int8", tile=0)
+    assert pool.slots["gan-x2"].has_twin and pool.slots["gan-x2"].upscaler.precision == "int8"
+    assert pool.describe()[0]["strength"] is False      # the page shows no strength slider
+    assert pool.check("gan-x2", 1.0) == ("gan-x2", None)
+    with pytest.raises(RequestError, match="cannot blend models served in int8") as e:
+        pool.check("gan-x2", 0.5)
+    assert e.value.status == 422

@@ -46,11 +46,15 @@ def test_shipped_files_carry_their_model_card():
             assert meta.get(key), f"{name}: metadata {key!r} is empty"
         if name.startswith("gan-"):  # --strength blends toward the PSNR model of the same scale
             assert meta["psnr_twin"] == name.replace("gan-", "psnr-")
+        if name == "real-x4":        # ... and the real-world GAN toward its L1 stage
+            assert meta["psnr_twin"] == "realnet-x4"
         # The recorded recipe must rerun from a checkout: repo-relative paths, not the training machine's.
         cfg = tomllib.loads(meta["config"])
         paths = cfg["data"]["train_dirs"] + cfg["data"]["val_dirs"] + [cfg["model"]["pretrained"]]
         assert not [p for p in paths if Path(p).is_absolute()], f"{name}: absolute paths in its config"
-    assert default_model_name() == "gan-x4"
+    # real photos first: the first real-world model shipped is the default, else gan-x4
+    real = [n for n in ("real-x4", "realnet-x4") if MODELS[n].available]
+    assert default_model_name() == (real[0] if real else "gan-x4")
 
 
 @needs_models
@@ -125,4 +129,24 @@ def test_default_model_loads_from_the_installed_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site),
                          "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout.split()
     assert Path(out[0]).is_relative_to(site), out
-    assert out[1] == "gan-x4" and out[2] == "(32,"
+    assert out[1] == default_model_name() and out[2] == "(32,"
+
+
+REAL_MODELS = [name for name, e in MODELS.items() if e.inputs == "real"]
+
+
+@pytest.mark.parametrize("name", REAL_MODELS)
+@needs_data
+def test_shipped_real_world_models_beat_bicubic_on_degraded_set5(name):
+    if not MODELS[name].available:
+        pytest.skip(f"{name} is not shipped in superres/pretrained yet")
+    model = load_model(name, precision="fp32").model
+    for track in ("realistic", "camera"):
+        pairs = load_pairs(SET5, 4, degrade=track, seed=0)
+        ours = evaluate_pairs(generator_upscaler(model), pairs, 4, metrics=("psnr", "ssim"))
+        bic = evaluate_pairs(bicubic_upscaler(4), pairs, 4, metrics=("psnr", "ssim"))
+        # and better than the clean-input model it replaces as the default
+        clean = evaluate_pairs(generator_upscaler(load_model("psnr-x4", precision="fp32").model), pairs, 4,
+                               metrics=("psnr",))
+        assert ours["psnr"] > bic["psnr"] and ours["ssim"] > bic["ssim"], (track, ours, bic)
+        assert ours["psnr"] > clean["psnr"], (track, ours["psnr"], clean["psnr"])

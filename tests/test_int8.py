@@ -29,6 +29,9 @@ from superres.weights import save_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [name for name, entry in MODELS.items() if entry.available]
+# the MSRResNet models bring an int8 file; realnet-x4 (compact, real-world inputs) does not yet: its
+# activations on noisy photos need calibration on degraded LR, which superres.int8 does not make
+SHIPPED_INT8 = [name for name in SHIPPED if not MODELS[name].inputs == "real"]
 
 
 def _tiny(scale: int = 2) -> torch.nn.Module:
@@ -109,7 +112,11 @@ def test_int8_option_validation():
     assert "int8" not in runtime.PRECISIONS        # training's choices (train.precision) stay autocast ones
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+def test_which_shipped_models_bring_an_int8_file():
+    assert [n for n in SHIPPED if int8_path(MODELS[n].path).is_file()] == SHIPPED_INT8
+
+
+@pytest.mark.parametrize("name", SHIPPED_INT8)
 def test_shipped_int8_files_match_their_weights_and_hold_int8_convs(name):
     import onnx
 

@@ -8,9 +8,9 @@ output megapixels per second through: the end-to-end path of `superres upscale` 
 alone (`Upscaler.upscale_pixels` on a preloaded array), the folder path (`upscale.upscale_files`
 over a temp folder: the CLI's folder loop, which decodes and encodes while the model works) and a
 plain reference loop written here as the common SRGAN / Real-ESRGAN scripts run a generator (fp32,
-NCHW, eager, whole image, no_grad). The model's FLOPs per output pixel come from forward hooks on its convolutions;
-the machine's peak is a 64->64 3x3 conv in the same precision, measured in the same run, so
-"fraction of peak" and "ceiling" compare like with like. Numbers from a loaded machine are noise:
+NCHW, eager, whole image, no_grad). The model's FLOPs per output pixel come from forward hooks on
+its convolutions; the machine's peak is a 64->64 3x3 conv in the same precision, measured in the
+same run, so "fraction of peak" and "ceiling" compare like with like. Numbers from a loaded machine are noise:
 run it on an idle one.
 """
 from __future__ import annotations

@@ -635,7 +635,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     report: list[dict[str, Any]] = [{"input": e.split(": ")[0], "status": "error", "error": e} for e in errors]
     failed = len(errors)
     interrupted: int | None = None
-    bar = tqdm(total=len(plan), desc="images", unit="img", disable=args.no_progress or len(items) == 1, file=sys.stderr)
+    bar = tqdm(total=len(plan), desc="images", unit="img", disable=args.no_progress or len(items) == 1,
+               file=sys.stderr)
     # PIL's decompression-bomb limit gives way to --max-pixels, which is checked first from the header
     from PIL import Image
 

@@ -72,7 +72,8 @@ def test_outputs_are_byte_identical_to_the_one_file_path(tmp_path, model_path, u
     for f in files:
         assert upscale_file(up, f, tmp_path / "sequential" / f.name, args, None)["status"] == "ok"
     for f in files:
-        assert (tmp_path / "overlapped" / f.name).read_bytes() == (tmp_path / "sequential" / f.name).read_bytes()
+        overlapped, sequential = tmp_path / "overlapped" / f.name, tmp_path / "sequential" / f.name
+        assert overlapped.read_bytes() == sequential.read_bytes()
     assert [e["input"] for e in json.loads(report.read_text())] == sorted(str(f) for f in files)
 
 
@@ -132,8 +133,8 @@ def test_entries_and_log_lines_come_in_input_order_whatever_the_timing(tmp_path,
     entries = []
     upscale_files(up, [(f, out / f.name) for f in files], _args(src, out), None, frozenset(), entries.append)
     assert [(e["input"], e["status"]) for e in entries] == [
-        (str(src / n), s) for n, s in [("a.png", "ok"), ("b.png", "skipped"), ("c.png", "error"), ("d.png", "ok"),
-                                       ("e.png", "ok")]]
+        (str(src / n), s) for n, s in [("a.png", "ok"), ("b.png", "skipped"), ("c.png", "error"),
+                                       ("d.png", "ok"), ("e.png", "ok")]]
     logged = _messages(caplog)
     assert len(logged) == 2 and logged[0] == f"{out / 'b.png'} exists, skipped (--overwrite replaces it)"
     assert logged[1].startswith(f"{src / 'c.png'}: ")

@@ -538,7 +538,12 @@ def upscale_files(up: "Upscaler", pairs: list[tuple[Path, Path]], args: argparse
         nonlocal writing
         if writing is not None:
             done, writing = writing, None
-            on_entry(_finish_job(done.result()))
+            try:
+                finished = done.result()
+            except BaseException:
+                behind.clear()   # an interrupt in that write: files after it are not reported either
+                raise
+            on_entry(_finish_job(finished))
         while behind:
             on_entry(_finish_job(behind.pop(0)))
 

@@ -10,8 +10,8 @@ over a temp folder: the CLI's folder loop, which decodes and encodes while the m
 plain reference loop written here as the common SRGAN / Real-ESRGAN scripts run a generator (fp32,
 NCHW, eager, whole image, no_grad). The model's FLOPs per output pixel come from forward hooks on
 its convolutions; the machine's peak is a 64->64 3x3 conv in the same precision, measured in the
-same run, so "fraction of peak" and "ceiling" compare like with like. Numbers from a loaded machine are noise:
-run it on an idle one.
+same run, so "fraction of peak" and "ceiling" compare like with like. Numbers from a loaded machine
+are noise: run it on an idle one.
 """
 from __future__ import annotations
 

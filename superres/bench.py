@@ -5,13 +5,13 @@
 For each model and input size, in one process on one machine, the median and spread over repeats of
 output megapixels per second through: the end-to-end path of `superres upscale` (PNG bytes ->
 `images.decode_image` -> `Upscaler.upscale_image` -> `images.encode_image`), the inference core
-alone (`Upscaler.upscale_pixels` on a preloaded array), the folder path (`upscale.upscale_file` over
-a temp folder, the function the CLI loop and the Ray workers call) and a plain reference loop
-written here as the common SRGAN / Real-ESRGAN scripts run a generator (fp32, NCHW, eager, whole
-image, no_grad). The model's FLOPs per output pixel come from forward hooks on its convolutions;
-the machine's peak is a 64->64 3x3 conv in the same precision, measured in the same run, so
-"fraction of peak" and "ceiling" compare like with like. Numbers from a loaded machine are noise:
-run it on an idle one.
+alone (`Upscaler.upscale_pixels` on a preloaded array), the folder path (`upscale.upscale_files`
+over a temp folder: the CLI's folder loop, which decodes and encodes while the model works) and a
+plain reference loop written here as the common SRGAN / Real-ESRGAN scripts run a generator (fp32,
+NCHW, eager, whole image, no_grad). The model's FLOPs per output pixel come from forward hooks on
+its convolutions; the machine's peak is a 64->64 3x3 conv in the same precision, measured in the
+same run, so "fraction of peak" and "ceiling" compare like with like. Numbers from a loaded machine
+are noise: run it on an idle one.
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ columns (all MP/s are output megapixels per second; median over --repeats, min-m
                decode -> tiles -> model -> blend -> PNG encode (superres.images, Upscaler)
   model MP/s   the inference core alone: Upscaler.upscale_pixels on an array already in memory
                (tiles, model, blend; no codec)
-  folder MP/s  the batch path: upscale.upscale_file over a temp folder of PNGs of this size, the
-               function `superres upscale FOLDER` calls per file (read, checks, write)
+  folder MP/s  the batch path: upscale.upscale_files over a temp folder of PNGs of this size, the
+               loop `superres upscale FOLDER` runs (read, checks, write per file; the next file
+               is decoded and the previous one encoded while the model works)
   ref MP/s     a plain loop written in the benchmark, as common SRGAN/Real-ESRGAN scripts run a
                model: fp32, NCHW, eager, whole image at once, torch.no_grad, no codec
   x ref        model MP/s / ref MP/s (both without codec)
@@ -303,7 +304,7 @@ def reference_upscale(model: "torch_t.nn.Module", pixels: "np_t.ndarray", device
 
 
 def _upscale_args(src_dir: Path, out_dir: Path) -> argparse.Namespace:
-    """The options `superres upscale SRC -o OUT --overwrite --no-progress` would give upscale_file,
+    """The options `superres upscale SRC -o OUT --overwrite --no-progress` would give upscale_files,
     parsed by the real parser so that every default is the command's own."""
     from .upscale import add_upscale_arguments
 
@@ -486,7 +487,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
     from .images import ImageData, decode_image, encode_image
     from .inference import Upscaler
     from .tiling import tiled_upscale
-    from .upscale import upscale_file
+    from .upscale import upscale_files
 
     up = Upscaler.from_pretrained(name, device=args.device, precision=args.precision, tile=args.tile)
     ref = reference_model(up)
@@ -535,10 +536,12 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
             up.upscale_pixels(pixels)
 
         def folder_run() -> None:
-            for f in files:
-                entry = upscale_file(up, f, folder / "out" / f.name, upscale_args, None, frozenset())
+            def check(entry: dict[str, Any]) -> None:
                 if entry["status"] != "ok":
                     raise RuntimeError(entry.get("error", entry["status"]))
+            # the CLI's folder loop itself: decoding and encoding overlap the model's work
+            upscale_files(up, [(f, folder / "out" / f.name) for f in files], upscale_args, None,
+                          frozenset(), check)
 
         def reference() -> None:
             reference_upscale(ref, pixels, up.device, up.multiple)

@@ -17,8 +17,11 @@ than run two forwards on one accelerator at once.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -42,7 +45,7 @@ from .weights import load_generator, read_state_dict
 log = logging.getLogger(__name__)
 
 __all__ = ["upscale_tensor", "tensor_to_uint8", "device_lock", "Upscaler", "auto_tile_size", "output_size",
-           "ALPHA_MODES", "DEFAULT_OVERLAP"]
+           "configure_host_allocator", "host_allocator_configured", "ALPHA_MODES", "DEFAULT_OVERLAP"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,9 +107,79 @@ def device_lock(device: torch.device) -> threading.Lock:
 
 
 # ---------------------------------------------------------------------------------------------
+# the host allocator
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+KEEP_FREED_MEMORY_ENV = "SUPERRES_KEEP_FREED_MEMORY"   # "0": leave glibc's malloc as it is
+_ALLOCATOR_GUARD = threading.Lock()
+_allocator_configured: bool | None = None   # None: not tried yet in this process
+
+
+def _load_libc() -> Any:
+    return ctypes.CDLL("libc.so.6")
+
+
+def configure_host_allocator() -> bool:
+    """Make glibc keep freed memory for reuse instead of giving it back to the OS; True if done.
+
+    By default glibc serves every block over its mmap threshold (at most 32 MB) with a fresh mmap
+    and unmaps it on free, and trims the top of its heap past 128 KB: the activations of a CPU tile
+    are such blocks (a 64-channel conv output of a 512x512 tile at x4 is 1 GB), so every conv of
+    every tile page-faults its output in anew: psnr-x4 on a 2000x1500 input in 512 tiles took 54 M
+    faults and 212 of its 499 CPU seconds in the kernel. With mmap off (M_MMAP_MAX 0) and no
+    trimming (M_TRIM_THRESHOLD -1) the heap is reused and tiles after the first fault almost nothing
+    (benchmarks/tile_faults.py, README "Performance"). The price: the process keeps its peak heap
+    until it exits, and blocks of very different sizes fragment it, which is why Upscaler only
+    asks for this with tiles of at most MAX_AUTO_TILE_CPU.
+
+    Once per process (the setting is process-wide); only on Linux with glibc, and not when the
+    environment has SUPERRES_KEEP_FREED_MEMORY=0. Anywhere else it does nothing and says False.
+    """
+    global _allocator_configured
+    with _ALLOCATOR_GUARD:
+        if _allocator_configured is None:
+            _allocator_configured = _apply_mallopt()
+        return _allocator_configured
+
+
+def host_allocator_configured() -> bool:
+    """Whether `configure_host_allocator` changed malloc in this process."""
+    return bool(_allocator_configured)
+
+
+def _apply_mallopt() -> bool:
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0":
+        log.debug("%s=0: glibc malloc left as it is", KEEP_FREED_MEMORY_ENV)
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False   # mallopt and these parameters are glibc's; other C libraries differ
+    try:
+        mallopt = _load_libc().mallopt
+    except (OSError, AttributeError) as e:
+        log.debug("glibc's mallopt is not reachable (%s); malloc left as it is", e)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt answers 1 on success. Either setting alone still helps (a heap without mmap is reused
+    # below its top), so a refusal of one is logged, not undone.
+    refused = [name for name, param, value in (("M_MMAP_MAX", _M_MMAP_MAX, 0),
+                                               ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, -1))
+               if mallopt(param, value) != 1]
+    if refused:
+        log.debug("mallopt refused %s; malloc only partly changed", ", ".join(refused))
+    return not refused
+
+
+# ---------------------------------------------------------------------------------------------
 # host-memory images, tile by tile
 
-MAX_AUTO_TILE = 512      # bigger tiles buy no speed on a CPU and only cost memory
+MAX_AUTO_TILE = 512      # accelerators: bigger tiles buy no speed and only cost memory
+# CPU: 256, measured (psnr-x4, 1 thread, 2000x1500 in; README "Performance"): with freed memory kept
+# for reuse (configure_host_allocator) a 256 tile costs 6.66 us of CPU per output pixel and peaks at
+# 2251 MiB; a 512 tile 5.91 us (less overlap recomputed) but glibc's heap then fragments to a
+# 10901 MiB peak; a 512 tile with glibc's defaults, as before, 10.40 us and 4351 MiB.
+MAX_AUTO_TILE_CPU = 256
 
 
 def _available_host_memory() -> int:
@@ -131,14 +204,17 @@ def _bytes_per_lr_pixel(model: nn.Module, scale: int) -> int:
     return feat * scale * scale * 4 * 6
 
 
-def auto_tile_size(model: nn.Module, scale: int, device: torch.device) -> int:
-    """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory."""
+def auto_tile_size(model: nn.Module, scale: int, device: torch.device, cap: int | None = None) -> int:
+    """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory,
+    at most `cap` (default: MAX_AUTO_TILE_CPU on the CPU, MAX_AUTO_TILE elsewhere)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = _available_host_memory()
     side = int((free * 0.5 / _bytes_per_lr_pixel(model, scale)) ** 0.5)
-    return max(32, min(MAX_AUTO_TILE, side // 16 * 16))
+    if cap is None:
+        cap = MAX_AUTO_TILE_CPU if device.type == "cpu" else MAX_AUTO_TILE
+    return max(32, min(cap, side // 16 * 16))
 
 
 class Upscaler:
@@ -177,6 +253,11 @@ class Upscaler:
         else:
             self.amp_dtype = runtime.pick_precision(precision, self.device)
             self.precision = runtime.precision_name(self.amp_dtype)
+        if self.device.type == "cpu" and (tile is None or 0 < tile <= MAX_AUTO_TILE_CPU):
+            # CPU tiles' activations live in host memory: reuse it rather than fault it in anew.
+            # Not for bigger tiles or whole images, whose blocks fragment a heap that is never
+            # given back (2.5x the peak at 512; see MAX_AUTO_TILE_CPU).
+            configure_host_allocator()
         self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"
         self.model = model.eval().to(self.device)
         if self.channels_last:
@@ -283,6 +364,11 @@ class Upscaler:
             return []
         h, w, c = frames[0].shape
         tile = self.tile_size()
+        if self.tile is None and self._tile_limit is None:
+            # The CPU cap is there for tiles of many sizes, which fragment a heap that is kept for
+            # reuse; a run of same-size frames allocates alike batch after batch, so it may batch
+            # up to the memory-based size, as before the cap (psnr-x4, 160x90: 8 frames a forward)
+            tile = auto_tile_size(self.model, self.scale, self.device, cap=MAX_AUTO_TILE)
         per = len(frames) if tile <= 0 else (tile * tile) // (h * w)
         same = all(f.shape == frames[0].shape and f.dtype == np.uint8 for f in frames)
         if len(frames) == 1 or per < 2 or not same or c != self.in_channels:

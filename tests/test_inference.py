@@ -3,7 +3,12 @@ for upscale / eval / training samples, and sharing an Upscaler between threads."
 from __future__ import annotations
 
 import logging
+import os
+import platform
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +172,149 @@ def test_oom_back_off_remembers_the_tile_that_worked(monkeypatch):
     assert max(sides) <= 40, "the second call started from the remembered tile"
     np.testing.assert_array_equal(first, second)
     assert up.count_tiles(100, 100) == 16
+
+
+# ---------------------------------------------------------------------------------------------
+# the host allocator (issue 18: no page-fault storm on large tiles)
+
+class _FakeLibc:
+    """Records mallopt calls instead of changing the test process's malloc."""
+
+    def __init__(self, answer: int = 1) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+        def mallopt(param: int, value: int) -> int:
+            self.calls.append((param, value))
+            return answer
+
+        self.mallopt = mallopt
+
+
+@pytest.fixture
+def fresh_allocator_state(monkeypatch):
+    """As if no Upscaler had been made in this process yet; glibc pretended, malloc untouched."""
+    from superres import inference
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(inference, "_allocator_configured", None)
+    monkeypatch.setattr(inference, "_load_libc", lambda: libc)
+    monkeypatch.setattr(inference.sys, "platform", "linux")
+    monkeypatch.setattr(inference.platform, "libc_ver", lambda *a, **k: ("glibc", "2.35"))
+    monkeypatch.delenv("SUPERRES_KEEP_FREED_MEMORY", raising=False)
+    return libc
+
+
+def _tiny_x2() -> nn.Module:
+    torch.manual_seed(0)
+    return build_generator("msrresnet", num_feat=8, num_block=1, upscale=2)
+
+
+@pytest.mark.parametrize("tile", [None, 128, 256])
+def test_cpu_upscaler_sets_mallopt_once_per_process(fresh_allocator_state, tile):
+    from superres import inference
+
+    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile)
+    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile)
+    # mmap off (M_MMAP_MAX = 0) and trimming off (M_TRIM_THRESHOLD = -1), once
+    assert fresh_allocator_state.calls == [(-4, 0), (-1, -1)]
+    assert inference.host_allocator_configured()
+
+
+@pytest.mark.parametrize("tile", [0, 512])
+def test_big_tiles_and_whole_images_leave_malloc_alone(fresh_allocator_state, tile):
+    """A heap that is never given back fragments under blocks of many sizes (10.9 GB instead of
+    4.4 GB at 512 tiles, 2000x1500): whole images and tiles over the CPU cap keep glibc's way."""
+    from superres import inference
+
+    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile)
+    assert fresh_allocator_state.calls == [] and not inference.host_allocator_configured()
+
+
+def test_automatic_tile_is_capped_lower_on_the_cpu(monkeypatch):
+    from superres import inference
+
+    model = _tiny_x2()
+    monkeypatch.setattr(inference, "_available_host_memory", lambda: 64 << 30)
+    assert inference.auto_tile_size(model, 2, torch.device("cpu")) == inference.MAX_AUTO_TILE_CPU == 256
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 << 30, 80 << 30))
+    assert inference.auto_tile_size(model, 2, torch.device("cuda")) == inference.MAX_AUTO_TILE == 512
+    # little memory: the estimate decides (1 GiB free, 64 features x4: sqrt(0.5 GiB / 24 KiB) -> 144)
+    monkeypatch.setattr(inference, "_available_host_memory", lambda: 1 << 30)
+    big = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
+    assert inference.auto_tile_size(big, 4, torch.device("cpu")) == 144
+    up = Upscaler(model, device="cpu", precision="fp32")
+    assert up.tile_size() == inference.auto_tile_size(model, 2, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("case", ["musl", "macos", "opt-out", "refused"])
+def test_allocator_left_alone_where_it_cannot_or_should_not_change(fresh_allocator_state, monkeypatch, case):
+    from superres import inference
+
+    if case == "musl":
+        monkeypatch.setattr(inference.platform, "libc_ver", lambda *a, **k: ("", ""))
+    elif case == "macos":
+        monkeypatch.setattr(inference.sys, "platform", "darwin")
+    elif case == "opt-out":
+        monkeypatch.setenv("SUPERRES_KEEP_FREED_MEMORY", "0")
+    else:   # a C library that answers 0 (error) to these parameters
+        monkeypatch.setattr(inference, "_load_libc", lambda: _FakeLibc(answer=0))
+    up = Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=0)
+    assert not inference.host_allocator_configured()
+    if case != "refused":
+        assert fresh_allocator_state.calls == []
+    # and the upscaler works as ever
+    out = up.upscale(np.full((6, 5, 3), 128, np.uint8))
+    assert out.shape == (12, 10, 3) and out.dtype == np.uint8
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from superres.archs import build_generator
+from superres.inference import Upscaler, host_allocator_configured
+Upscaler(build_generator("msrresnet", num_feat=8, num_block=1, upscale=2), device="cpu", precision="fp32")
+
+def faults_of_a_64mb_buffer():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16 << 20)
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+counts = sorted(faults_of_a_64mb_buffer() for _ in range(8))
+print(host_allocator_configured(), counts[len(counts) // 2])
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="the mallopt settings are glibc's")
+@pytest.mark.parametrize("keep", ["1", "0"])
+def test_freed_tile_memory_is_reused_not_faulted_in_again(keep):
+    """The real effect, in a fresh process: a 64 MB buffer (16384 pages) allocated and freed again and
+    again is page-faulted in every time with glibc's defaults, and (after the first few) not at all
+    once an Upscaler has configured malloc."""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "SUPERRES_KEEP_FREED_MEMORY": keep, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    configured, median_faults = out[0] == "True", int(out[1])
+    assert configured == (keep == "1")
+    if configured:
+        assert median_faults < 100
+    else:
+        assert median_faults > 16000
+
+
+def test_same_size_frames_still_batch_up_to_the_old_area(monkeypatch):
+    """Video frames batch by the memory-based size up to MAX_AUTO_TILE, not by the CPU tile cap: 8
+    frames of 100x100 (80000 px, over 256^2 but under 512^2) go through in one forward."""
+    from superres import inference
+
+    monkeypatch.setattr(inference, "_available_host_memory", lambda: 64 << 30)
+    up = Upscaler(_tiny_x2(), device="cpu", precision="fp32")
+    batches = []
+    up.model.register_forward_hook(lambda mod, inputs, out: batches.append(inputs[0].shape[0]))
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (100, 100, 3), dtype=np.uint8) for _ in range(8)]
+    outs = up.upscale_frames(frames)
+    assert batches == [8] and [o.shape for o in outs] == [(200, 200, 3)] * 8
+    assert up.tile_size() == 256   # single images still go in 256 tiles

@@ -95,7 +95,8 @@ def run_models(args: argparse.Namespace) -> int:
 
     default = default_model_name()
     rows = []
-    for name, e in MODELS.items():
+    # shipped models first, so `--all` only appends to what the plain listing shows
+    for name, e in sorted(MODELS.items(), key=lambda item: not item[1].available):
         if not e.available and not args.all:
             continue
         if e.available:

@@ -10,25 +10,14 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import superres.upscale as upscale_mod
-from superres.archs import build_generator
 from superres.cli import main
 from superres.upscale import Upscaler, add_upscale_arguments, upscale_file, upscale_files
-from superres.weights import save_weights
 
 RNG = np.random.default_rng(18)
 WAIT = 30   # seconds: only a safety net against a hang; a passing run never waits this long
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_weights(path, build_generator("msrresnet", num_feat=8, num_block=1, upscale=4))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,6 @@ RNG = np.random.default_rng(14)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_weights(path, build_generator("msrresnet", num_feat=8, num_block=1, upscale=4))
-    return path
-
-
 def _cli(model_path, *args) -> int:
     return main(["upscale", *map(str, args), "--model", str(model_path), "--no-progress", "--tile", "32"])
 

@@ -190,13 +190,13 @@ def speed_ratios(runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], side: 
 
 
 def quality(modules: dict[str, nn.Module], eval_dir: Path, scale: int,
-            sheets: Path | None) -> dict[str, dict[str, float]]:
+            sheets: Path | None, degrade: str = "bicubic") -> dict[str, dict[str, float]]:
     """Set14 (or --eval-dir) PSNR/SSIM on Y per method on the `superres eval` protocol, and the
     largest per-pixel difference from the fp32 output (8-bit levels)."""
     from superres.evaluate import (bicubic_upscaler, compare_sheet, evaluate_pairs, generator_upscaler,
                                    load_pairs, sheet_boxes)
 
-    pairs = load_pairs(eval_dir, scale)
+    pairs = load_pairs(eval_dir, scale, degrade=degrade, seed=0)   # seed 0: `eval --degrade NAME --seed 0`
     outputs: dict[str, dict[str, np.ndarray]] = {}
     results: dict[str, dict[str, float]] = {}
     for name, module in modules.items():
@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per size (default 5)")
     p.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL,
                    help=f"benchmark folder for the PSNR (default {DEFAULT_EVAL}); never a set used for tuning")
+    p.add_argument("--degrade", default="bicubic", choices=("bicubic", "realistic", "camera"),
+                   help="how calibration patches and the --eval-dir LR are made (realistic for a real-photo "
+                        "model such as realnet-x4; the eval LR is seeded 0 as `superres eval --degrade NAME "
+                        "--seed 0`) (default bicubic)")
     p.add_argument("--no-quality", action="store_true", help="speed only")
     p.add_argument("--sheets", type=Path, default=None, metavar="DIR", help="write compare sheets to DIR")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
@@ -289,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
              "fp32" if up.amp_dtype is None else up.amp_dtype, up.channels_last, torch.__version__,
              torch.backends.cpu.get_cpu_capability())
     calib = calibration_patches(args.train_dir or DEFAULT_TRAIN, up.scale, count=args.calib_patches,
-                                lr_size=args.calib_size, seed=args.seed)
+                                lr_size=args.calib_size, seed=args.seed, degrade=args.degrade)
     log.info("calibration: %d LR patches of %dx%d", len(calib), args.calib_size, args.calib_size)
 
     modules: dict[str, nn.Module] = {"fp32": up.model}
@@ -315,11 +319,12 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = {name: runner(name) for name in methods}
         speed = {f"{s}x{s}": speed_ratios(runs, s, args.repeats, args.seed) for s in sizes}
-        qual = {} if args.no_quality else quality(modules, args.eval_dir, up.scale, args.sheets)
+        qual = {} if args.no_quality else quality(modules, args.eval_dir, up.scale, args.sheets, args.degrade)
 
     report = {"model": up.name, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "calibration": {"folders": [str(f) for f in (args.train_dir or DEFAULT_TRAIN)],
-                              "patches": args.calib_patches, "lr_size": args.calib_size, "seed": args.seed},
+                              "patches": args.calib_patches, "lr_size": args.calib_size, "seed": args.seed,
+                              "degrade": args.degrade},
               "setup_s": setup, "speed": speed, "quality": qual}
     for size, rows in speed.items():
         for name, row in rows.items():

@@ -47,7 +47,7 @@ np = lazy_module("numpy")
 
 log = logging.getLogger(__name__)
 
-__all__ = ["count_flops_per_pixel", "conv_peak_gflops", "derived_metrics", "parse_size", "summarize",
+__all__ = ["count_flops_per_pixel", "conv_peak_gflops", "int8_conv_peak_gflops", "derived_metrics", "parse_size", "summarize",
            "add_bench_arguments", "run_bench", "RESULT_KEYS", "MACHINE_KEYS"]
 
 EXAMPLE = "superres bench --model psnr-x4 --size 256x256 --json bench.json"
@@ -237,6 +237,36 @@ def conv_peak_gflops(device: "torch_t.device", amp_dtype: "torch_t.dtype | None"
             "precision": runtime.precision_name(amp_dtype), "channels_last": channels_last}
 
 
+def int8_conv_peak_gflops(shape: tuple[int, int, int, int] = PEAK_INPUT, *, repeats: int = DEFAULT_REPEATS,
+                          warmup: int = 2) -> dict[str, Any]:
+    """GFLOP/s of the same 64->64 3x3 conv as conv_peak_gflops, quantized the way `--precision int8`
+    quantizes a generator (superres.int8.quantize: static QDQ, per-channel int8 weights, uint8
+    activations, MinMax ranges) and run as it runs one (int8.Int8Generator, ONNX Runtime's CPU
+    provider, torch's thread count). Its FLOPs are counted as for fp32: 2 per multiply-add."""
+    from .int8 import Int8Generator, quantize
+
+    n, c, h, w = shape
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c, c, 3, 1, 1).eval()
+    conv.hparams = {"num_in_ch": c}   # what export_onnx reads to make its trace input
+    calibration = torch.rand(8, c, 32, 32)
+    with tempfile.TemporaryDirectory(prefix="superres-bench-int8-") as tmp:
+        path = Path(tmp) / "conv.int8.onnx"
+        quantize(conv, calibration, path)
+        session = Int8Generator(path, hparams=conv.hparams)   # reads the file now; the folder may go
+    x = torch.rand(shape)
+    flops = 2 * n * c * h * w * c * 9
+
+    def run() -> None:
+        session(x)
+
+    for _ in range(warmup):
+        run()
+    stats = summarize([flops / _time(run, torch.device("cpu")) / 1e9 for _ in range(max(1, repeats))])
+    return {"gflops": stats["median"], "spread": stats, "input": list(shape), "precision": "int8",
+            "channels_last": False, "runtime": "onnxruntime"}
+
+
 # ---------------------------------------------------------------------------------------------
 # inputs
 
@@ -282,8 +312,11 @@ def _pad_to(x: "torch_t.Tensor", multiple: int) -> "torch_t.Tensor":
 
 
 def reference_model(up: "Upscaler") -> "torch_t.nn.Module":
-    """A separate fp32, NCHW copy of the Upscaler's model, as a plain script would hold it."""
-    model = copy.deepcopy(up.model).float().to(memory_format=torch.contiguous_format).eval()
+    """A separate fp32, NCHW copy of the Upscaler's generator, as a plain script would hold it. For an
+    int8 Upscaler (whose model is an ONNX Runtime session) that is the fp32 generator it was made
+    from, which bench_model keeps as `up.fp32_model`."""
+    source = getattr(up, "fp32_model", None) or up.model
+    model = copy.deepcopy(source).float().to(memory_format=torch.contiguous_format).eval()
     return model
 
 
@@ -359,6 +392,9 @@ def _compile_backend(up: "Upscaler", tmp: Path) -> Backend:
     """torch.compile of the model, run exactly as the core runs it (same precision and layout)."""
     b = Backend("torch.compile")
     from .inference import upscale_tensor
+    if up.precision == "int8":
+        b.error = "not for precision int8: the int8 model is an ONNX Runtime session, not torch code"
+        return b
     try:
         t0 = time.perf_counter()
         compiled = torch.compile(copy.deepcopy(up.model))
@@ -416,7 +452,8 @@ def measure_startup(repeats: int) -> dict[str, Any]:
 
 
 def measure_peak_rss(model: str, size: tuple[int, int], *, device: str, precision: str, tile: int | None,
-                     workdir: Path, threads: int | None = None) -> dict[str, Any]:
+                     workdir: Path, threads: int | None = None,
+                     int8_calibration: list[str] | None = None) -> dict[str, Any]:
     """Peak RSS (MB) of a real `superres upscale` process on one PNG of `size` (default tile unless
     --tile), read from the child's own rusage (os.wait4), so nothing of this process counts."""
     from .images import ImageData, write_image
@@ -429,6 +466,8 @@ def measure_peak_rss(model: str, size: tuple[int, int], *, device: str, precisio
            "--device", device, "--precision", precision, "--overwrite", "--no-progress"]
     if tile is not None:
         cmd += ["--tile", str(tile)]
+    for folder in int8_calibration or []:
+        cmd += ["--int8-calibration", str(folder)]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         # not subprocess.run: it reaps the child itself and its rusage would be lost
@@ -489,19 +528,25 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
     from .tiling import tiled_upscale
     from .upscale import upscale_files
 
-    up = Upscaler.from_pretrained(name, device=args.device, precision=args.precision, tile=args.tile)
+    up = Upscaler.from_pretrained(name, device=args.device, precision=args.precision, tile=args.tile,
+                                  int8_calibration=args.int8_calibration)
+    if up.precision == "int8":
+        # the int8 model is an ONNX Runtime session: the reference loop, the FLOP count and the fp32
+        # ONNX backend need the fp32 generator it was made from
+        up.fp32_model = Upscaler.from_pretrained(name, device="cpu", precision="fp32", tile=0).model
     ref = reference_model(up)
     flops = count_flops_per_pixel(ref, up.in_channels, multiple=up.multiple)
     peak_gflops = peak["gflops"] if peak else None
     log.info("%s: %s x%d on %s, %s, %.1f kFLOP per output pixel", up.name, up.info.get("arch"), up.scale,
-             up.device, runtime.precision_name(up.amp_dtype), flops / 1e3)
+             up.device, up.precision, flops / 1e3)
 
     memory: dict[str, Any] = {"peak_rss_mb": None, "skipped": True}
     if args.memory:
         log.info("%s: peak memory of `superres upscale` on %dx%d", up.name, *args.memory_size)
         try:
             memory = measure_peak_rss(name, args.memory_size, device=args.device, precision=args.precision,
-                                      tile=args.tile, workdir=workdir, threads=args.threads)
+                                      tile=args.tile, workdir=workdir, threads=args.threads,
+                                      int8_calibration=args.int8_calibration)
         except (OSError, subprocess.SubprocessError, ValueError) as e:   # recorded; the speed rows still count
             memory = {"peak_rss_mb": None, "error": f"{type(e).__name__}: {e}"}
 
@@ -595,7 +640,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
             "peak_rss_mb": memory.get("peak_rss_mb"),
             # extra keys: how it was measured, and the spread behind every median
             "arch": up.info.get("arch"), "scale": up.scale, "output_size": [width * up.scale, height * up.scale],
-            "precision": runtime.precision_name(up.amp_dtype), "channels_last": up.channels_last,
+            "precision": up.precision, "channels_last": up.channels_last,
             "tile": up.tile_size(), "tiles": up.count_tiles(height, width), "folder_images": len(files),
             "repeats": args.repeats, "spread": spreads, "first_call_s": first_call,
             "memory": memory, "backends": backend_rows, "errors": errors,
@@ -673,8 +718,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None, metavar="FILE",
                    help="resize this picture to each --size instead of a synthetic image (e.g. Set14 baboon)")
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
-    p.add_argument("--precision", default="auto", choices=runtime.PRECISIONS,
-                   help="as `superres upscale` (the peak conv is measured in the same precision)")
+    p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
+                   help="as `superres upscale` (the peak conv is measured in the same precision; for int8 "
+                        "it is the same conv quantized as int8 quantizes a model, run by ONNX Runtime)")
+    p.add_argument("--int8-calibration", action="append", default=None, metavar="DIR",
+                   help="as `superres upscale`: with --precision int8, folders to quantize a model without a "
+                        "shipped int8 file")
     p.add_argument("--tile", type=int_in(0), default=None, metavar="N",
                    help="as `superres upscale --tile` (default: automatic, as the command)")
     p.add_argument("--threads", type=int_in(1), default=None, metavar="N",
@@ -719,21 +768,31 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.image is not None and not Path(args.image).is_file():
             raise ModelNotFound(f"--image {args.image}: no such file")
         device = runtime.pick_device(args.device)
-        amp = runtime.pick_precision(args.precision, device)
+        if args.int8_calibration and args.precision != "int8":
+            raise runtime.RuntimeChoiceError("--int8-calibration is only used with --precision int8")
+        if args.precision == "int8":
+            runtime.check_int8(device)
+            from .int8 import _require_ort
+
+            _require_ort()   # a missing onnxruntime fails now, not after the start-up measurements
+            amp = None
+        else:
+            amp = runtime.pick_precision(args.precision, device)
     except (ModelNotFound, runtime.RuntimeChoiceError) as e:
         log.error("%s", e)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"machine": machine_info(device, runtime.precision_name(amp)), "results": []}
+    precision = "int8" if args.precision == "int8" else runtime.precision_name(amp)
+    report: dict[str, Any] = {"machine": machine_info(device, precision), "results": []}
     report["argv"] = sys.argv[1:]
     # the Upscaler turns channels_last on exactly when it autocasts on the CPU; the peak follows it
     channels_last = amp is not None and device.type == "cpu"
-    log.info("peak: one 64->64 3x3 conv, %s%s", runtime.precision_name(amp),
-             ", channels_last" if channels_last else "")
+    log.info("peak: one 64->64 3x3 conv, %s%s", precision, ", channels_last" if channels_last else "")
     try:
-        peak = conv_peak_gflops(device, amp, channels_last, repeats=args.repeats,
-                                shape=QUICK_PEAK_INPUT if args.quick else PEAK_INPUT)
+        shape = QUICK_PEAK_INPUT if args.quick else PEAK_INPUT
+        peak = (int8_conv_peak_gflops(shape, repeats=args.repeats) if precision == "int8"
+                else conv_peak_gflops(device, amp, channels_last, repeats=args.repeats, shape=shape))
     except Exception as e:
         log.error("the peak conv failed: %s", e)
         peak = None

@@ -508,7 +508,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-zoom", type=int, default=1,
                    help="nearest-neighbour zoom of the crops (default 1: output pixels 1:1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-    p.add_argument("--bf16", action="store_true", help="run models under bfloat16 autocast")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"),
+                   help="how generators run: fp32 (default: the published numbers), bf16 autocast, or int8 "
+                        "(CPU, ONNX Runtime; the shipped int8 file, or quantized now from "
+                        "--int8-calibration); int8 rows are labelled NAME-int8")
+    p.add_argument("--int8-calibration", action="append", default=None, metavar="DIR",
+                   help="with --precision int8 for a model without a shipped int8 file: image folder(s) to "
+                        "calibrate on (training or validation images, never the test set)")
+    p.add_argument("--bf16", action="store_true", help="the same as --precision bf16 (kept for old scripts)")
     p.add_argument("--niqe-params", default=None, metavar="PATH",
                    help=f"NIQE pristine model niqe_pris_params.npz (default ${M.NIQE_PARAMS_ENV} or "
                         f"{M.DEFAULT_NIQE_PARAMS})")
@@ -517,10 +524,20 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-lin", default=None, metavar="PATH", help="LPIPS linear-head weights")
 
 
-def _load_upscalers(specs: list[str], scale: int, device: torch.device,
-                    bf16: bool, hparams: dict[str, Any] | None = None) -> list[tuple[str, Upscaler]]:
+def _load_upscalers(specs: list[str], scale: int, device: torch.device, precision: str = "fp32",
+                    hparams: dict[str, Any] | None = None,
+                    int8_calibration: list[str] | None = None) -> list[tuple[str, Upscaler]]:
     from .models import MODELS, resolve_model_path
     from .weights import load_generator
+
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"precision {precision!r}; allowed values: fp32, bf16, int8")
+    if int8_calibration and precision != "int8":
+        raise ValueError(f"--int8-calibration is only used with --precision int8 (got {precision})")
+    if precision == "int8":
+        from . import runtime
+
+        runtime.check_int8(device)
 
     out: list[tuple[str, Upscaler]] = []
     for spec in specs:
@@ -534,7 +551,15 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device,
                 raise ValueError(f"model {spec} upscales x{info['scale']} but --scale is {scale}; "
                                  f"pass --scale {info['scale']} or a x{scale} model")
             label = spec if spec in MODELS else Path(spec).stem
-            up = generator_upscaler(model.to(device).eval(), device, bf16)
+            if precision == "int8":
+                from .int8 import int8_generator
+
+                # the shipped int8 file beside the weights, or one quantized now from the folders
+                model = int8_generator(model.eval(), info, calibration=int8_calibration or None)
+                label += "-int8"   # an int8 row must not pass for the model's published fp32 numbers
+                up = generator_upscaler(model, device)
+            else:
+                up = generator_upscaler(model.to(device).eval(), device, precision == "bf16")
         labels = [lab for lab, _ in out]
         if label in labels:
             label = f"{label}#{labels.count(label) + 1}"
@@ -568,7 +593,11 @@ def run_eval(args: argparse.Namespace) -> int:
         niqe_params = M.load_niqe_params(args.niqe_params) if "niqe" in metrics else None
         lpips_model = (M.load_lpips(args.lpips_backbone, args.lpips_lin, args.lpips_net).to(device)
                        if "lpips" in metrics else None)
-        upscalers = _load_upscalers(args.model, args.scale, device, args.bf16, dict(args.hparams or []) or None)
+        if args.bf16 and args.precision not in ("fp32", "bf16"):
+            raise ValueError(f"--bf16 and --precision {args.precision} contradict each other; give one")
+        precision = "bf16" if args.bf16 else args.precision
+        upscalers = _load_upscalers(args.model, args.scale, device, precision, dict(args.hparams or []) or None,
+                                    args.int8_calibration)
         if args.holdout < 0 or args.holdout == 1:
             raise ValueError(f"--holdout {args.holdout}: give N >= 2 (the training run's data.holdout)")
         datasets = []
@@ -583,7 +612,7 @@ def run_eval(args: argparse.Namespace) -> int:
             datasets.append((name, load_pairs(d, args.scale, lr_dir=args.lr_dir[i] if args.lr_dir else None,
                                               max_images=args.max_images, files=held,
                                               degrade=args.degrade, seed=args.seed)))
-    except (ValueError, FileNotFoundError, ModelNotFound, WeightsError) as e:
+    except (ValueError, FileNotFoundError, ModelNotFound, WeightsError) as e:   # incl. RuntimeChoiceError
         log.error("%s", e)
         return 2
 

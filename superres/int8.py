@@ -71,12 +71,18 @@ def _require_ort() -> Any:
 # calibration data
 
 def calibration_patches(folders: Iterable[str | os.PathLike], scale: int, *, count: int = CALIB_PATCHES,
-                        lr_size: int = CALIB_SIZE, seed: int = CALIB_SEED) -> torch.Tensor:
+                        lr_size: int = CALIB_SIZE, seed: int = CALIB_SEED,
+                        degrade: str = "bicubic") -> torch.Tensor:
     """(count, 3, lr_size, lr_size) float LR patches in [0, 1]: one random HR crop of lr_size * scale
-    from each of `count` images drawn at random from the folders, MATLAB-bicubic downscaled. Images
-    smaller than the crop are passed over."""
+    from each of `count` images drawn at random from the folders, made LR by `degrade` (a name in
+    degrade.DEGRADATIONS: MATLAB bicubic by default; `realistic` for a model meant for real photos,
+    whose activations on noisy, blocky inputs reach ranges clean LR never shows). Images smaller
+    than the crop are passed over."""
     from .data import list_images, read_uint8
-    from .degrade import imresize
+    from .degrade import DEGRADATIONS, degrade_image, image_seed
+
+    if degrade not in DEGRADATIONS:
+        raise Int8Error(f"int8 calibration degradation {degrade!r}; allowed values: {', '.join(DEGRADATIONS)}")
 
     folders = list(folders)
     rng = np.random.default_rng(seed)
@@ -89,7 +95,9 @@ def calibration_patches(folders: Iterable[str | os.PathLike], scale: int, *, cou
         if h < hr_side or w < hr_side:
             continue
         top, left = int(rng.integers(0, h - hr_side + 1)), int(rng.integers(0, w - hr_side + 1))
-        lr = imresize(np.ascontiguousarray(img[top:top + hr_side, left:left + hr_side]), 1 / scale)
+        crop = np.ascontiguousarray(img[top:top + hr_side, left:left + hr_side])
+        # seeded per file like `eval --degrade`, so a rerun makes the same patches
+        lr = degrade_image(crop, degrade, scale, seed=image_seed(seed, paths[i].name))
         patches.append(torch.from_numpy(lr).permute(2, 0, 1).float() / 255.0)
         if len(patches) == count:
             break
@@ -241,6 +249,7 @@ def int8_generator(model: nn.Module, info: dict[str, Any] | None = None, *,
 # making the shipped files
 
 def main(argv: list[str] | None = None) -> int:
+    from .degrade import DEGRADATIONS
     from .models import MODELS, resolve_model_path
     from .weights import load_generator
 
@@ -254,18 +263,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patches", type=int, default=CALIB_PATCHES, help=f"calibration patches (default {CALIB_PATCHES})")
     p.add_argument("--size", type=int, default=CALIB_SIZE, help=f"patch side in LR pixels (default {CALIB_SIZE})")
     p.add_argument("--seed", type=int, default=CALIB_SEED, help=f"patch draw seed (default {CALIB_SEED})")
+    p.add_argument("--degrade", default=None, choices=DEGRADATIONS,
+                   help="how the LR patches are made (default: bicubic for models for clean inputs, "
+                        "realistic for real-photo models such as realnet-x4)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for spec in args.model:
         weights = resolve_model_path(spec)
         model, info = load_generator(weights)
+        entry = MODELS.get(spec)
+        degrade = args.degrade or ("realistic" if entry is not None and entry.inputs == "real" else "bicubic")
         patches = calibration_patches(args.calib_dir, info["scale"], count=args.patches, lr_size=args.size,
-                                      seed=args.seed)
+                                      seed=args.seed, degrade=degrade)
+        how = "MATLAB bicubic" if degrade == "bicubic" else f"degradation {degrade!r} seeded per file"
         dirs = ", ".join(Path(d).name for d in args.calib_dir)
         quantize(model, patches, int8_path(weights), metadata={
             "source_sha256": _sha256(weights), "source": weights.name,
             "calibration": f"{args.patches} LR patches {args.size}x{args.size} from {dirs}, seed {args.seed}, "
-                           "MATLAB bicubic, MinMax",
+                           f"{how}, MinMax",
             "quantization": "onnxruntime quantize_static QDQ, per-channel s8 weights, u8 activations, reduce_range"})
         log.info("wrote %s", int8_path(weights))
     return 0

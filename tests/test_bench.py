@@ -219,3 +219,31 @@ def test_bench_help_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif("psnr-x2" not in MODELS or not MODELS["psnr-x2"].available,
+                    reason="psnr-x2 is not shipped in this build")
+def test_int8_rows_measure_the_int8_model_against_the_fp32_reference(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from superres.weights import load_generator
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "psnr-x2", "--precision", "int8", "--size", "8", "--quick", "--repeats", "1",
+                 "--folder-images", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["precision"] == "int8"
+    peak = report["peak"]
+    assert peak["precision"] == "int8" and peak["runtime"] == "onnxruntime" and peak["gflops"] > 0
+    (r,) = report["results"]
+    assert r["precision"] == "int8" and not r["errors"]
+    # FLOPs are the fp32 generator's (the int8 graph does the same multiply-adds), and the reference
+    # loop is that fp32 generator as plain scripts run it
+    fp32, _ = load_generator(MODELS["psnr-x2"].path)
+    assert r["flops_per_pixel"] == bench.count_flops_per_pixel(fp32, 3)
+    assert r["speedup_vs_reference"] == pytest.approx(r["model_only_mp_per_s"] / r["reference_mp_per_s"])
+    assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / peak["gflops"])
+
+
+def test_int8_calibration_without_int8_exits_2(tmp_path, caplog):
+    assert main(["bench", "--model", "psnr-x2", "--int8-calibration", str(tmp_path), "--quick"]) == 2
+    assert "only used with --precision int8" in caplog.text

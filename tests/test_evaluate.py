@@ -346,3 +346,30 @@ def test_cli_no_reference_refuses_what_needs_ground_truth(tmp_path, extra, messa
     rc = main(["eval", "--model", "bicubic", "--data", str(tmp_path / "real"), "--no-reference", *extra])
     assert rc == 2
     assert message in caplog.text
+
+
+def test_cli_int8_rows_are_labelled_and_close_to_fp32(tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    from superres.models import MODELS
+
+    if not MODELS["psnr-x4"].available:
+        pytest.skip("psnr-x4 is not shipped in this build")
+    # a real photo: on the synthetic gradients (41 dB) one level of int8 noise is worth 0.9 dB
+    (tmp_path / "photos").mkdir()
+    cat = Image.open(Path(__file__).resolve().parents[1] / "examples" / "chelsea.png").convert("RGB")
+    cat.crop((100, 60, 300, 220)).save(tmp_path / "photos" / "chelsea.png")
+    photos = str(tmp_path / "photos")
+    rc, fp32 = _eval(tmp_path, "--model", "psnr-x4", "--data", photos)
+    assert rc == 0
+    rc, int8 = _eval(tmp_path, "--model", "psnr-x4", "--data", photos, "--precision", "int8")
+    assert rc == 0
+    (a,), (b,) = fp32["results"], int8["results"]
+    # an int8 row never passes for the model's fp32 numbers; its loss is the ~0.01 dB int8 costs
+    assert a["model"] == "psnr-x4" and b["model"] == "psnr-x4-int8"
+    assert b["psnr"] != a["psnr"] and abs(b["psnr"] - a["psnr"]) < 0.1
+    caplog.clear()
+    assert _eval(tmp_path, "--model", "psnr-x4", "--data", photos, "--bf16", "--precision", "int8")[0] == 2
+    assert "--bf16 and --precision int8 contradict" in caplog.text
+    caplog.clear()
+    assert _eval(tmp_path, "--model", "psnr-x4", "--data", photos, "--int8-calibration", photos)[0] == 2
+    assert "only used with --precision int8" in caplog.text

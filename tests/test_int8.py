@@ -29,9 +29,9 @@ from superres.weights import save_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [name for name, entry in MODELS.items() if entry.available]
-# the MSRResNet models bring an int8 file; realnet-x4 (compact, real-world inputs) does not yet: its
-# activations on noisy photos need calibration on degraded LR, which superres.int8 does not make
-SHIPPED_INT8 = [name for name in SHIPPED if not MODELS[name].inputs == "real"]
+# every shipped model brings an int8 file: the MSRResNet ones calibrated on bicubic LR, realnet-x4
+# (for real photos) on LR made by the realistic degradation
+SHIPPED_INT8 = SHIPPED
 
 
 def _tiny(scale: int = 2) -> torch.nn.Module:
@@ -120,16 +120,64 @@ def test_which_shipped_models_bring_an_int8_file():
 def test_shipped_int8_files_match_their_weights_and_hold_int8_convs(name):
     import onnx
 
-    gen = load_int8(MODELS[name].path, build_generator("msrresnet", upscale=MODELS[name].scale))
+    from superres.weights import load_generator
+
+    model, _ = load_generator(MODELS[name].path)
+    gen = load_int8(MODELS[name].path, model)
     assert gen.metadata["source"] == MODELS[name].filename
-    assert "T91" in gen.metadata["calibration"] and "BSD200" in gen.metadata["calibration"]
+    calibration = gen.metadata["calibration"]
+    assert "T91" in calibration and "BSD200" in calibration
+    # a model for real photos is calibrated on the inputs it is for, the others on clean LR
+    real = MODELS[name].inputs == "real"
+    assert ("degradation 'realistic'" in calibration) == real and ("MATLAB bicubic" in calibration) == (not real)
     proto = onnx.load(str(int8_path(MODELS[name].path)))
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     int8_weights = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8}
     # every conv reads its weight through a DequantizeLinear of an int8 initializer
     dq = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
-    assert len(convs) == 2 * 16 + 4 + (MODELS[name].scale == 4)
+    torch_convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == len(torch_convs)
     assert all(dq.get(c.input[1]) in int8_weights for c in convs)
+
+
+def _photo_folder(folder: Path, count: int, side: int = 40) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        img = np.clip(_image(side, side).astype(int) + rng.integers(-20, 21, (side, side, 3)), 0, 255)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_calibration_patches_follow_the_named_degradation(tmp_path):
+    from superres.degrade import imresize
+    from superres.int8 import calibration_patches
+
+    folder = _photo_folder(tmp_path / "train", 3)
+    kw = dict(count=3, lr_size=8, seed=0)
+    bicubic = calibration_patches([folder], 4, **kw)
+    assert bicubic.shape == (3, 3, 8, 8)
+    # bicubic patches are MATLAB-bicubic downscales of 32x32 HR crops: one of the images' crops
+    # reproduces exactly (whichever image and place the seed drew, the values are imresize's)
+    crops = [np.asarray(Image.open(f)) for f in sorted(folder.iterdir())]
+    lrs = [imresize(np.ascontiguousarray(c[y:y + 32, x:x + 32]), 0.25)
+           for c in crops for y in range(9) for x in range(9)]
+    got = (bicubic[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert any(np.array_equal(got, lr) for lr in lrs)
+    real = calibration_patches([folder], 4, degrade="realistic", **kw)
+    assert torch.equal(real, calibration_patches([folder], 4, degrade="realistic", **kw))   # seeded
+    assert real.shape == bicubic.shape and not torch.equal(real, bicubic)
+    with pytest.raises(Int8Error, match="allowed values: bicubic, realistic, camera"):
+        calibration_patches([folder], 4, degrade="jpeg", **kw)
+
+
+@pytest.mark.skipif("realnet-x4" not in SHIPPED, reason="realnet-x4 is not shipped in this build")
+def test_shipped_realnet_x4_in_int8_is_close_to_fp32():
+    lr = np.asarray(Image.open(REPO / "examples/chelsea.png").convert("RGB"))[100:132, 140:172]
+    fp32 = Upscaler.from_pretrained("realnet-x4", device="cpu", precision="fp32", tile=0).upscale(lr).astype(int)
+    int8 = Upscaler.from_pretrained("realnet-x4", device="cpu", precision="int8", tile=0).upscale(lr).astype(int)
+    diff = np.abs(fp32 - int8)
+    assert 0 < diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 8
 
 
 def test_a_stale_int8_file_is_refused(tmp_path):

@@ -35,7 +35,8 @@ from torch import nn
 
 from . import runtime
 from .runtime import ALPHA_MODES, DEFAULT_OVERLAP
-from .archs import input_multiple
+from .archs import activation_bytes, input_multiple
+from .archs.spec import hr_feature_bytes
 from .images import (ImageData, image_from_array, image_from_pil, image_to_array, image_to_pil, max_value,
                      resize_image, resize_plane)
 from .models import MODELS, default_model_name, resolve_model_path
@@ -132,7 +133,7 @@ def configure_host_allocator() -> bool:
     trimming (M_TRIM_THRESHOLD -1) the heap is reused and tiles after the first fault almost nothing
     (benchmarks/tile_faults.py, README "Performance"). The price: the process keeps its peak heap
     until it exits, and blocks of very different sizes fragment it, which is why Upscaler only
-    asks for this with tiles of at most MAX_AUTO_TILE_CPU.
+    asks for this with tiles within CPU_TILE_BYTES.
 
     Once per process (the setting is process-wide); only on Linux with glibc, and not when the
     environment has SUPERRES_KEEP_FREED_MEMORY=0. Anywhere else it does nothing and says False.
@@ -175,11 +176,16 @@ def _apply_mallopt() -> bool:
 # host-memory images, tile by tile
 
 MAX_AUTO_TILE = 512      # accelerators: bigger tiles buy no speed and only cost memory
-# CPU: 256, measured (psnr-x4, 1 thread, 2000x1500 in; README "Performance"): with freed memory kept
-# for reuse (configure_host_allocator) a 256 tile costs 6.66 us of CPU per output pixel and peaks at
-# 2251 MiB; a 512 tile 5.91 us (less overlap recomputed) but glibc's heap then fragments to a
-# 10901 MiB peak; a 512 tile with glibc's defaults, as before, 10.40 us and 4351 MiB.
-MAX_AUTO_TILE_CPU = 256
+# CPU: tiles are sized by memory, not side. The budget is what a psnr-x4 (MSRResNet, 64 features,
+# x4) tile of 256 is estimated to need, measured (1 thread, 2000x1500 in; README "Performance"):
+# with freed memory kept for reuse (configure_host_allocator) a 256 tile of psnr-x4 costs 6.66 us of
+# CPU per output pixel and peaks at 2251 MiB; a 512 tile 5.91 us (less overlap recomputed) but
+# glibc's heap then fragments to a 10901 MiB peak; a 512 tile with glibc's defaults, as before,
+# 10.40 us and 4351 MiB. A net with less memory per pixel gets a wider tile in the same budget,
+# and so recomputes less overlap: realnet-x4 (compact, every conv at LR size) gets 768, which took
+# 1.31 -> ~1.1x the CPU time per pixel of a 256x256 image at 2000x1500.
+CPU_TILE_BYTES = 256 * 256 * hr_feature_bytes({"num_feat": 64}, 4)
+MAX_AUTO_TILE_CPU = 1024   # a side cap for the smallest nets: past it the overlap saved is < 2%
 
 
 def _available_host_memory() -> int:
@@ -195,26 +201,32 @@ def _available_host_memory() -> int:
 
 
 def _bytes_per_lr_pixel(model: nn.Module, scale: int) -> int:
-    """A generous estimate of activation memory per LR pixel during a forward pass.
-
-    The widest tensors are the feature maps after upsampling: num_feat channels at scale^2 output
-    pixels per LR pixel; a few of them are alive at once (input, output, a pixel-shuffle copy).
-    """
-    feat = int(getattr(model, "hparams", {}).get("num_feat", 64))
-    return feat * scale * scale * 4 * 6
+    """A generous estimate of activation memory per LR pixel during a forward pass (archs)."""
+    return activation_bytes(model, scale)
 
 
 def auto_tile_size(model: nn.Module, scale: int, device: torch.device, cap: int | None = None) -> int:
-    """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory,
-    at most `cap` (default: MAX_AUTO_TILE_CPU on the CPU, MAX_AUTO_TILE elsewhere)."""
+    """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory
+    and, on the CPU, in CPU_TILE_BYTES; at most `cap` (default: MAX_AUTO_TILE_CPU on the CPU,
+    MAX_AUTO_TILE elsewhere)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = _available_host_memory()
-    side = int((free * 0.5 / _bytes_per_lr_pixel(model, scale)) ** 0.5)
+    budget = free * 0.5
     if cap is None:
         cap = MAX_AUTO_TILE_CPU if device.type == "cpu" else MAX_AUTO_TILE
+        if device.type == "cpu":
+            budget = min(budget, CPU_TILE_BYTES)
+    side = int((budget / _bytes_per_lr_pixel(model, scale)) ** 0.5)
     return max(32, min(cap, side // 16 * 16))
+
+
+def _fits_cpu_budget(model: nn.Module, scale: int, tile: int | None) -> bool:
+    """Whether a CPU tile setting stays within CPU_TILE_BYTES (None: the automatic tile, which does)."""
+    if tile is None:
+        return True
+    return 0 < tile and tile * tile * _bytes_per_lr_pixel(model, scale) <= CPU_TILE_BYTES
 
 
 class Upscaler:
@@ -253,11 +265,6 @@ class Upscaler:
         else:
             self.amp_dtype = runtime.pick_precision(precision, self.device)
             self.precision = runtime.precision_name(self.amp_dtype)
-        if self.device.type == "cpu" and (tile is None or 0 < tile <= MAX_AUTO_TILE_CPU):
-            # CPU tiles' activations live in host memory: reuse it rather than fault it in anew.
-            # Not for bigger tiles or whole images, whose blocks fragment a heap that is never
-            # given back (2.5x the peak at 512; see MAX_AUTO_TILE_CPU).
-            configure_host_allocator()
         self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"
         self.model = model.eval().to(self.device)
         if self.channels_last:
@@ -269,6 +276,11 @@ class Upscaler:
         self.in_channels = int(hp.get("num_in_ch", 3))
         # from the model's registry entry, not its name: pixel-unshuffle nets need padded inputs
         self.multiple = input_multiple(self.model, self.scale)
+        if self.device.type == "cpu" and _fits_cpu_budget(self.model, self.scale, tile):
+            # CPU tiles' activations live in host memory: reuse it rather than fault it in anew.
+            # Not for bigger tiles or whole images, whose blocks fragment a heap that is never
+            # given back (2.5x the peak for psnr-x4 at 512; see CPU_TILE_BYTES).
+            configure_host_allocator()
         self.tile = tile
         self.tile_overlap = tile_overlap
         self.name = name or self.info.get("name") or self.info.get("arch", "model")

@@ -158,7 +158,8 @@ class Int8Generator(nn.Module):
     input_multiple are the fp32 generator's (tile sizing and padding read them).
     """
 
-    def __init__(self, path: str | os.PathLike, *, hparams: dict[str, Any], input_multiple: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, *, hparams: dict[str, Any], input_multiple: int = 1,
+                 activation_bytes_per_lr_pixel: int | None = None) -> None:
         super().__init__()
         ort = _require_ort()
         data = Path(path).read_bytes()
@@ -172,6 +173,8 @@ class Int8Generator(nn.Module):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.hparams = dict(hparams)
         self.input_multiple = int(input_multiple)
+        # the fp32 net's estimate (archs.activation_bytes), which sizes the automatic tile
+        self.activation_bytes_per_lr_pixel = activation_bytes_per_lr_pixel
         self.register_buffer("onnx_sha256", torch.frombuffer(bytearray(hashlib.sha256(data).digest()),
                                                              dtype=torch.uint8))
 
@@ -198,13 +201,14 @@ def _sha256(path: str | os.PathLike) -> str:
 def load_int8(weights: str | os.PathLike, model: nn.Module) -> Int8Generator:
     """The int8 file beside `weights`, checked against the weights' sha256; `model` is their fp32
     generator (for hparams and the input multiple)."""
-    from .archs import input_multiple
+    from .archs import activation_bytes, input_multiple
 
     path = int8_path(weights)
     if not path.is_file():
         raise Int8Error(f"{Path(weights).name} has no int8 file ({path.name}); give calibration images "
                         "(--int8-calibration DIR) to quantize it when it is loaded")
-    gen = Int8Generator(path, hparams=getattr(model, "hparams", {}), input_multiple=input_multiple(model))
+    gen = Int8Generator(path, hparams=getattr(model, "hparams", {}), input_multiple=input_multiple(model),
+                        activation_bytes_per_lr_pixel=activation_bytes(model))
     want, got = gen.metadata.get("source_sha256"), _sha256(weights)
     if want != got:
         raise Int8Error(f"{path.name} was made from other weights than {Path(weights).name} (sha256 "
@@ -222,7 +226,7 @@ def int8_generator(model: nn.Module, info: dict[str, Any] | None = None, *,
     (info["path"]) is used, which exists for the shipped models as trained (not for a --strength
     blend, whose weights are no file).
     """
-    from .archs import input_multiple
+    from .archs import activation_bytes, input_multiple
 
     _require_ort()
     info = info or {}
@@ -242,7 +246,8 @@ def int8_generator(model: nn.Module, info: dict[str, Any] | None = None, *,
         path = Path(tmp) / "model.int8.onnx"
         log.info("quantizing to int8 with %d calibration patches", len(calibration))
         quantize(model, calibration, path)
-        return Int8Generator(path, hparams=hparams, input_multiple=input_multiple(model))
+        return Int8Generator(path, hparams=hparams, input_multiple=input_multiple(model),
+                             activation_bytes_per_lr_pixel=activation_bytes(model))
 
 
 # ---------------------------------------------------------------------------------------------

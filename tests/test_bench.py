@@ -165,6 +165,7 @@ def test_cli_writes_the_schema_and_consistent_numbers(tmp_path, tiny_path, capsy
             s = r["spread"][key]
             assert s["n"] == 1 and s["min"] <= s["median"] == r[key] <= s["max"]
         assert r["output_size"] == [r["input_size"][0] * 2, r["input_size"][1] * 2]
+    assert [b["input"] for b in report["peak"]["by_input"]] == [list(bench.QUICK_PEAK_INPUT)]
     out = capsys.readouterr().out
     assert "| model | input | e2e MP/s |" in out and "| tiny | 16x12 |" in out
 
@@ -234,6 +235,7 @@ def test_int8_rows_measure_the_int8_model_against_the_fp32_reference(tmp_path):
     assert report["machine"]["precision"] == "int8"
     peak = report["peak"]
     assert peak["precision"] == "int8" and peak["runtime"] == "onnxruntime" and peak["gflops"] > 0
+    assert peak["chain"] == bench.INT8_PEAK_CHAIN
     (r,) = report["results"]
     assert r["precision"] == "int8" and not r["errors"]
     # FLOPs are the fp32 generator's (the int8 graph does the same multiply-adds), and the reference
@@ -247,3 +249,21 @@ def test_int8_rows_measure_the_int8_model_against_the_fp32_reference(tmp_path):
 def test_int8_calibration_without_int8_exits_2(tmp_path, caplog):
     assert main(["bench", "--model", "psnr-x2", "--int8-calibration", str(tmp_path), "--quick"]) == 2
     assert "only used with --precision int8" in caplog.text
+
+
+def test_the_peak_is_the_fastest_conv_size(tmp_path, tiny_path, monkeypatch):
+    """A big conv can wait on memory (one thread beside a busy core): the peak is the best size."""
+    rates = {64: 3.0, 128: 5.0, 256: 4.0}
+
+    def fake_peak(device, amp_dtype, channels_last, *, shape, repeats):
+        return {"gflops": rates[shape[2]], "input": list(shape), "precision": "fp32"}
+
+    monkeypatch.setattr(bench, "conv_peak_gflops", fake_peak)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(tiny_path), "--size", "8", "--repeats", "1", "--folder-images", "1",
+                 "--no-memory", "--no-startup", "--no-backends", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["peak"]["gflops"] == 5.0 and report["peak"]["input"] == [1, 64, 128, 128]
+    assert [b["gflops"] for b in report["peak"]["by_input"]] == [3.0, 5.0, 4.0]
+    (r,) = report["results"]
+    assert r["peak_gflops"] == 5.0 and r["ceiling_mp_per_s"] == pytest.approx(5.0e9 / r["flops_per_pixel"] / 1e6)

@@ -223,21 +223,50 @@ def test_cpu_upscaler_sets_mallopt_once_per_process(fresh_allocator_state, tile)
 @pytest.mark.parametrize("tile", [0, 512])
 def test_big_tiles_and_whole_images_leave_malloc_alone(fresh_allocator_state, tile):
     """A heap that is never given back fragments under blocks of many sizes (10.9 GB instead of
-    4.4 GB at 512 tiles, 2000x1500): whole images and tiles over the CPU cap keep glibc's way."""
+    4.4 GB for psnr-x4 at 512 tiles, 2000x1500): whole images and tiles over the CPU budget keep
+    glibc's way."""
     from superres import inference
 
-    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile)
+    psnr_x4 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
+    Upscaler(psnr_x4, device="cpu", precision="fp32", tile=tile)
     assert fresh_allocator_state.calls == [] and not inference.host_allocator_configured()
 
 
-def test_automatic_tile_is_capped_lower_on_the_cpu(monkeypatch):
+def test_the_malloc_budget_is_in_bytes_not_sides(fresh_allocator_state):
+    """A 512 tile of a compact x4 net holds less than psnr-x4's 256 tile: it reuses freed memory."""
+    from superres import inference
+
+    compact = build_generator("compact", num_feat=64, num_conv=2, upscale=4)
+    Upscaler(compact, device="cpu", precision="fp32", tile=512)
+    assert inference.host_allocator_configured()
+
+
+def test_automatic_cpu_tile_is_sized_by_the_architectures_memory(monkeypatch):
     from superres import inference
 
     model = _tiny_x2()
     monkeypatch.setattr(inference, "_available_host_memory", lambda: 64 << 30)
-    assert inference.auto_tile_size(model, 2, torch.device("cpu")) == inference.MAX_AUTO_TILE_CPU == 256
+    # the CPU budget is a psnr-x4 tile of 256 (MSRResNet, 64 features, x4: 24 KiB per LR pixel)
+    psnr_x4 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
+    assert inference.CPU_TILE_BYTES == 256 * 256 * 64 * 16 * 4 * 6
+    assert inference.auto_tile_size(psnr_x4, 4, torch.device("cpu")) == 256
+    # the same features at x2 hold a quarter of the memory per LR pixel: twice the side
+    psnr_x2 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=2)
+    assert inference.auto_tile_size(psnr_x2, 2, torch.device("cpu")) == 512
+    # a compact net convolves at LR size: (64 + 3 * 16) * 24 bytes per LR pixel -> sqrt(budget / 2688)
+    compact = build_generator("compact", num_feat=64, num_conv=2, upscale=4)
+    assert inference.auto_tile_size(compact, 4, torch.device("cpu")) == 768
+    # its int8 form keeps the fp32 net's estimate
+    from superres.archs import activation_bytes
+
+    class Wrapped(nn.Module):
+        hparams = compact.hparams
+        activation_bytes_per_lr_pixel = activation_bytes(compact, 4)
+    assert inference.auto_tile_size(Wrapped(), 4, torch.device("cpu")) == 768
+    # the smallest nets stop at the side cap; accelerators at theirs, by free memory only
+    assert inference.auto_tile_size(model, 2, torch.device("cpu")) == inference.MAX_AUTO_TILE_CPU == 1024
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 << 30, 80 << 30))
-    assert inference.auto_tile_size(model, 2, torch.device("cuda")) == inference.MAX_AUTO_TILE == 512
+    assert inference.auto_tile_size(psnr_x4, 4, torch.device("cuda")) == inference.MAX_AUTO_TILE == 512
     # little memory: the estimate decides (1 GiB free, 64 features x4: sqrt(0.5 GiB / 24 KiB) -> 144)
     monkeypatch.setattr(inference, "_available_host_memory", lambda: 1 << 30)
     big = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
@@ -317,4 +346,5 @@ def test_same_size_frames_still_batch_up_to_the_old_area(monkeypatch):
     frames = [rng.integers(0, 256, (100, 100, 3), dtype=np.uint8) for _ in range(8)]
     outs = up.upscale_frames(frames)
     assert batches == [8] and [o.shape for o in outs] == [(200, 200, 3)] * 8
-    assert up.tile_size() == 256   # single images still go in 256 tiles
+    # single images go in the CPU tiles sized by the memory budget (this tiny net: the side cap)
+    assert up.tile_size() == inference.MAX_AUTO_TILE_CPU

@@ -12,10 +12,10 @@ from torch import nn
 
 from . import compact, rrdbnet, srresnet
 from .discriminators import PatchGANDiscriminator, UNetDiscriminatorSN, VGGStyleDiscriminator
-from .spec import Ambiguous, GeneratorSpec
+from .spec import Ambiguous, GeneratorSpec, hr_feature_bytes
 
 __all__ = ["GENERATORS", "GeneratorSpec", "Ambiguous", "generator_spec", "build_generator", "arch_name_of",
-           "spec_of", "input_multiple", "DISCRIMINATORS", "build_discriminator", "discriminator_hparams",
+           "spec_of", "input_multiple", "activation_bytes", "DISCRIMINATORS", "build_discriminator", "discriminator_hparams",
            "discriminator_input_error"]
 
 GENERATORS: dict[str, GeneratorSpec] = {spec.name: spec for spec in (srresnet.SPEC, rrdbnet.SPEC, compact.SPEC)}
@@ -55,6 +55,20 @@ def input_multiple(model: nn.Module, scale: int | None = None) -> int:
     if spec is None:
         return int(getattr(model, "input_multiple", 1))
     return spec.input_multiple(int(scale if scale is not None else model.hparams["upscale"]))
+
+
+def activation_bytes(model: nn.Module, scale: int | None = None) -> int:
+    """A generous estimate of the activation bytes per LR pixel of a forward pass of `model` (its
+    arch's GeneratorSpec.activation_bytes). A module we did not register may declare it as an
+    `activation_bytes_per_lr_pixel` attribute (Int8Generator carries its fp32 net's); without one
+    it is estimated as a net with HR-size features."""
+    hparams = getattr(model, "hparams", {}) or {}
+    scale = int(scale if scale is not None else hparams.get("upscale", 4))
+    spec = spec_of(model)
+    if spec is not None:
+        return int(spec.activation_bytes(hparams, scale))
+    declared = getattr(model, "activation_bytes_per_lr_pixel", None)
+    return int(declared) if declared else hr_feature_bytes(hparams, scale)
 
 
 DISCRIMINATORS: dict[str, type[nn.Module]] = {

@@ -80,5 +80,14 @@ def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
                                        f"the last conv has {last_out} outputs")}
 
 
+def activation_bytes(hparams: Hparams, scale: int) -> int:
+    """Every conv runs at LR size: num_feat channels per LR pixel, and the last conv's
+    num_out_ch * scale^2 channels, which are also the HR image it shuffles into; float32, a few maps
+    of each alive at once (a conv's input and output, the PReLU's, the pixel shuffle's copy, the
+    upsampled input added to it). About a ninth of an MSRResNet's per-pixel memory at x4 (64
+    features), so its automatic CPU tile is three times as wide."""
+    return 4 * 6 * (int(hparams.get("num_feat", 64)) + int(hparams.get("num_out_ch", 3)) * scale * scale)
+
+
 SPEC = GeneratorSpec(name="compact", cls=SRVGGNetCompact, scales=SCALES, input_multiple=lambda scale: 1,
-                     detect=detect)
+                     detect=detect, activation_bytes=activation_bytes)

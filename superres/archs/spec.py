@@ -42,6 +42,14 @@ class Ambiguous:
 Conversion = Callable[[StateDict], "StateDict | None"]
 
 
+def hr_feature_bytes(hparams: "Hparams", scale: int) -> int:
+    """Activation bytes per LR pixel of a net that upsamples its features and convolves at HR size
+    (MSRResNet, RRDBNet): num_feat float32 channels at scale^2 output pixels per LR pixel, with a
+    few such maps alive at once (input and output of a conv, a pixel-shuffle or interpolation
+    copy); generous, since it sizes tiles to memory."""
+    return int(hparams.get("num_feat", 64)) * scale * scale * 4 * 6
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     name: str
@@ -55,6 +63,9 @@ class GeneratorSpec:
     # Community key layouts this arch accepts, by name; each maps to our key names exactly, so the
     # converted state dict loads with strict=True.
     conversions: dict[str, Conversion] = field(default_factory=dict)
+    # activation_bytes(hparams, scale): a generous estimate of the bytes of activations alive at once
+    # per LR pixel in a forward pass; the inference core sizes its automatic tile by it
+    activation_bytes: Callable[["Hparams", int], int] = hr_feature_bytes
 
     def check_scale(self, scale: int) -> None:
         if scale not in self.scales:

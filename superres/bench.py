@@ -85,8 +85,9 @@ columns (all MP/s are output megapixels per second; median over --repeats, min-m
                ConvTranspose2d and Linear layers (2 * multiply-adds; biases and activations ignored)
   GFLOP/s      achieved: kFLOP/px * model MP/s
   peak         GFLOP/s of one 64->64 3x3 conv in the same precision and memory format as the model
-               runs, measured in this run: the fastest of 64x64, 128x128 and 256x256 inputs
-               (median of repeats each; a big one can wait on memory); for
+               runs, measured in this run before and after the models: the fastest of 64x64,
+               128x128 and 256x256 inputs (median of repeats each; a big one can wait on memory,
+               and a busy neighbour process slows either measurement); for
                int8, eight such convs in a row through ONNX Runtime (a lone int8 conv also pays
                its input's quantize and output's dequantize, which a network pays once a chain)
   %peak        GFLOP/s / peak
@@ -802,16 +803,21 @@ def run_bench(args: argparse.Namespace) -> int:
     report["argv"] = sys.argv[1:]
     # the Upscaler turns channels_last on exactly when it autocasts on the CPU; the peak follows it
     channels_last = amp is not None and device.type == "cpu"
-    log.info("peak: one 64->64 3x3 conv, %s%s", precision, ", channels_last" if channels_last else "")
-    try:
-        runs = [int8_conv_peak_gflops(shape, repeats=args.repeats) if precision == "int8"
-                else conv_peak_gflops(device, amp, channels_last, repeats=args.repeats, shape=shape)
-                for shape in ((QUICK_PEAK_INPUT,) if args.quick else PEAK_INPUTS)]
-        peak = dict(max(runs, key=lambda r: r["gflops"]))
-        peak["by_input"] = [{"input": r["input"], "gflops": r["gflops"]} for r in runs]
-    except Exception as e:
-        log.error("the peak conv failed: %s", e)
-        peak = None
+    def measure_peak(when: str) -> dict[str, Any] | None:
+        log.info("peak (%s): one 64->64 3x3 conv, %s%s", when, precision, ", channels_last" if channels_last else "")
+        try:
+            runs = [int8_conv_peak_gflops(shape, repeats=args.repeats) if precision == "int8"
+                    else conv_peak_gflops(device, amp, channels_last, repeats=args.repeats, shape=shape)
+                    for shape in ((QUICK_PEAK_INPUT,) if args.quick else PEAK_INPUTS)]
+        except Exception as e:
+            log.error("the peak conv failed: %s", e)
+            return None
+        best = dict(max(runs, key=lambda r: r["gflops"]))
+        best["by_input"] = [{"input": r["input"], "gflops": r["gflops"]} for r in runs]
+        best["when"] = when
+        return best
+
+    peak = measure_peak("before the models")
     report["peak"] = peak
     if args.startup:
         log.info("start-up times (subprocesses)")
@@ -825,6 +831,19 @@ def run_bench(args: argparse.Namespace) -> int:
                 log.exception("%s: the benchmark failed", m)
                 report.setdefault("failed_models", {})[m] = f"{type(e).__name__}: {e}"
                 failed = True
+    if not args.quick and report["results"]:
+        # Measured again after the models, and the faster of the two counts: a peak taken while
+        # another process had the memory bus reads low, and a model would then pass "100% of peak".
+        again = measure_peak("after the models")
+        if again is not None and (peak is None or again["gflops"] > peak["gflops"]):
+            again["other"] = peak
+            peak = report["peak"] = again
+            for r in report["results"]:
+                r["peak_gflops"] = peak["gflops"]
+                r.update(derived_metrics(r["flops_per_pixel"], r["model_only_mp_per_s"],
+                                         r["reference_mp_per_s"], peak["gflops"]))
+        elif again is not None and peak is not None:
+            peak["other"] = again
     print(format_table(report))
     if args.json:
         from .fs import atomic_write

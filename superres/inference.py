@@ -183,7 +183,7 @@ MAX_AUTO_TILE = 512      # accelerators: bigger tiles buy no speed and only cost
 # glibc's heap then fragments to a 10901 MiB peak; a 512 tile with glibc's defaults, as before,
 # 10.40 us and 4351 MiB. A net with less memory per pixel gets a wider tile in the same budget,
 # and so recomputes less overlap: realnet-x4 (compact, every conv at LR size) gets 768, which took
-# 1.31 -> ~1.1x the CPU time per pixel of a 256x256 image at 2000x1500.
+# its CPU time per pixel at 2000x1500 from 1.22x to 1.08x that of a 256x256 image (overlap 16).
 CPU_TILE_BYTES = 256 * 256 * hr_feature_bytes({"num_feat": 64}, 4)
 MAX_AUTO_TILE_CPU = 1024   # a side cap for the smallest nets: past it the overlap saved is < 2%
 

@@ -253,17 +253,22 @@ def test_int8_calibration_without_int8_exits_2(tmp_path, caplog):
 
 def test_the_peak_is_the_fastest_conv_size(tmp_path, tiny_path, monkeypatch):
     """A big conv can wait on memory (one thread beside a busy core): the peak is the best size."""
-    rates = {64: 3.0, 128: 5.0, 256: 4.0}
+    rates = iter([3.0, 5.0, 4.0,     # before the models: 128x128 is the fastest
+                  2.0, 6.0, 1.0])    # after them: faster still; that one counts
 
     def fake_peak(device, amp_dtype, channels_last, *, shape, repeats):
-        return {"gflops": rates[shape[2]], "input": list(shape), "precision": "fp32"}
+        return {"gflops": next(rates), "input": list(shape), "precision": "fp32"}
 
     monkeypatch.setattr(bench, "conv_peak_gflops", fake_peak)
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", str(tiny_path), "--size", "8", "--repeats", "1", "--folder-images", "1",
                  "--no-memory", "--no-startup", "--no-backends", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["peak"]["gflops"] == 5.0 and report["peak"]["input"] == [1, 64, 128, 128]
-    assert [b["gflops"] for b in report["peak"]["by_input"]] == [3.0, 5.0, 4.0]
+    peak = report["peak"]
+    assert peak["gflops"] == 6.0 and peak["input"] == [1, 64, 128, 128] and peak["when"] == "after the models"
+    assert [b["gflops"] for b in peak["by_input"]] == [2.0, 6.0, 1.0]
+    assert peak["other"]["gflops"] == 5.0 and [b["gflops"] for b in peak["other"]["by_input"]] == [3.0, 5.0, 4.0]
+    # every derived column follows the peak that counts
     (r,) = report["results"]
-    assert r["peak_gflops"] == 5.0 and r["ceiling_mp_per_s"] == pytest.approx(5.0e9 / r["flops_per_pixel"] / 1e6)
+    assert r["peak_gflops"] == 6.0 and r["ceiling_mp_per_s"] == pytest.approx(6.0e9 / r["flops_per_pixel"] / 1e6)
+    assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / 6.0)

@@ -97,6 +97,8 @@ columns (all MP/s are output megapixels per second; median over --repeats, min-m
                default tile (one value per model; --no-memory skips it)
   spread       (max - min) / median of the noisiest timed column of the row (IQR and min/max of
                each column are in the JSON): more than a few percent means a busy machine
+  PSNR / SSIM  with --quality HR_DIR: the model as benched (precision, tiles) on that folder, the
+               `superres eval` protocol (Y channel, scale pixels shaved), LR by --quality-degrade
 also measured once per run: process start-up (`superres --help`, `python -c "import superres"`,
 `import superres.inference`), and, when installed, ONNX Runtime (our ONNX export) and torch.compile
 as extra backends, with their one-time cost (export / compile) shown separately. A part that fails
@@ -432,6 +434,19 @@ def _compile_backend(up: "Upscaler", tmp: Path) -> Backend:
 BACKENDS: dict[str, Callable[["Upscaler", Path], Backend]] = {"onnxruntime": _onnx_backend, "torch.compile": _compile_backend}
 
 
+def measure_quality(up: "Upscaler", folder: str, degrade: str = "bicubic", seed: int = 0) -> dict[str, Any]:
+    """PSNR / SSIM (Y, `scale` pixels shaved: the `superres eval` protocol) of the Upscaler exactly as
+    benched (its precision, tiles and blend) on an HR folder, LR made by `degrade` (seeded as
+    `superres eval --degrade NAME --seed S`): the quality beside the speed of the same row."""
+    from .evaluate import dataset_name, evaluate_pairs, load_pairs
+
+    pairs = load_pairs(folder, up.scale, degrade=degrade, seed=seed)
+    res = evaluate_pairs(up.upscale_pixels, pairs, up.scale, ("psnr", "ssim"))
+    name = dataset_name(folder) + ("" if degrade == "bicubic" else f"-{degrade}")
+    return {"dataset": name, "degrade": degrade, "seed": seed if degrade != "bicubic" else None,
+            "images": len(pairs), "psnr": res["psnr"], "ssim": res["ssim"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # subprocess measurements
 
@@ -565,6 +580,11 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
         except (OSError, subprocess.SubprocessError, ValueError) as e:   # recorded; the speed rows still count
             memory = {"peak_rss_mb": None, "error": f"{type(e).__name__}: {e}"}
 
+    quality: dict[str, Any] | None = None
+    if args.quality:
+        log.info("%s: quality on %s (%s LR)", up.name, args.quality, args.quality_degrade)
+        quality = measure_quality(up, args.quality, args.quality_degrade, args.quality_seed)
+
     backends = []
     for b in args.backend_list:
         try:
@@ -658,7 +678,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
             "precision": up.precision, "channels_last": up.channels_last,
             "tile": up.tile_size(), "tiles": up.count_tiles(height, width), "folder_images": len(files),
             "repeats": args.repeats, "spread": spreads, "first_call_s": first_call,
-            "memory": memory, "backends": backend_rows, "errors": errors,
+            "memory": memory, "backends": backend_rows, "errors": errors, "quality": quality,
         }
         rows.append(row)
         log.info("%s %dx%d: %s", up.name, width, height,
@@ -689,6 +709,9 @@ def format_table(report: dict[str, Any]) -> str:
              f"{m['threads']} threads, {m['device']}, {m['precision']}", ""]
     header = ["model", "input", "e2e MP/s", "model MP/s", "folder MP/s", "ref MP/s", "x ref", "kFLOP/px",
               "GFLOP/s", "peak", "%peak", "ceiling", "RSS MB", "spread"]
+    qualities = [r["quality"] for r in report["results"] if r.get("quality")]
+    if qualities:
+        header.append(f"PSNR / SSIM {qualities[0]['dataset']}")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for r in report["results"]:
@@ -699,6 +722,9 @@ def format_table(report: dict[str, Any]) -> str:
                  _fmt(r["gflops"], ".1f"), _fmt(r["peak_gflops"], ".1f"),
                  "-" if frac is None else f"{100 * frac:.0f}%", _fmt(r["ceiling_mp_per_s"]),
                  _fmt(r["peak_rss_mb"], ".0f"), _worst_spread(r["spread"])]
+        if qualities:
+            q = r.get("quality")
+            cells.append(f"{q['psnr']:.2f} / {q['ssim']:.4f}" if q else "-")
         lines.append("| " + " | ".join(cells) + " |")
     extra = []
     for r in report["results"]:
@@ -747,6 +773,16 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"timed runs per measurement after one warm-up (default {DEFAULT_REPEATS}; 2 with --quick)")
     p.add_argument("--folder-images", type=int_in(1), default=None, metavar="N",
                    help="images in the temp folder of the folder column (default 4; 2 with --quick)")
+    p.add_argument("--quality", default=None, metavar="HR_DIR",
+                   help="also score each model, as benched (precision, tiles), on this HR folder with the "
+                        "`superres eval` protocol: a PSNR / SSIM column beside the speed (e.g. "
+                        "../shared/data/benchmarks/Set14; a validation set, never a test set, if you "
+                        "choose by it)")
+    p.add_argument("--quality-degrade", default="bicubic", choices=("bicubic", "realistic", "camera"),
+                   help="how --quality makes its LR, as `superres eval --degrade` (default bicubic; "
+                        "realistic for models for real photos)")
+    p.add_argument("--quality-seed", type=int, default=0, metavar="S",
+                   help="seed of --quality-degrade, as `superres eval --seed` (default 0)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test, not a measurement: 2 repeats, a small peak conv, and no start-up, "
@@ -782,6 +818,8 @@ def run_bench(args: argparse.Namespace) -> int:
             resolve_model_path(m)
         if args.image is not None and not Path(args.image).is_file():
             raise ModelNotFound(f"--image {args.image}: no such file")
+        if args.quality is not None and not Path(args.quality).is_dir():
+            raise ModelNotFound(f"--quality {args.quality}: no such folder")
         device = runtime.pick_device(args.device)
         if args.int8_calibration and args.precision != "int8":
             raise runtime.RuntimeChoiceError("--int8-calibration is only used with --precision int8")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -272,3 +273,27 @@ def test_the_peak_is_the_fastest_conv_size(tmp_path, tiny_path, monkeypatch):
     (r,) = report["results"]
     assert r["peak_gflops"] == 6.0 and r["ceiling_mp_per_s"] == pytest.approx(6.0e9 / r["flops_per_pixel"] / 1e6)
     assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / 6.0)
+
+
+def test_quality_column_scores_the_model_as_benched(tmp_path, tiny_path, capsys):
+    """--quality puts the eval protocol's PSNR / SSIM beside the speed, for the Upscaler as benched."""
+    from PIL import Image
+
+    from superres.evaluate import evaluate_pairs, load_pairs
+    from superres.inference import Upscaler
+
+    hr = tmp_path / "photos"
+    hr.mkdir()
+    yy, xx = np.mgrid[0:24, 0:32]
+    for i in range(2):
+        img = np.stack([(xx * 7 + 40 * i) % 256, (yy * 9) % 256, ((xx + yy) * 5) % 256], axis=2)
+        Image.fromarray(img.astype(np.uint8)).save(hr / f"img{i}.png")
+    report = _run(tmp_path, tiny_path, "--quality", str(hr), "--quality-degrade", "camera", "--quality-seed", "2")
+    up = Upscaler.from_pretrained(str(tiny_path), device="cpu")
+    want = evaluate_pairs(up.upscale_pixels, load_pairs(hr, 2, degrade="camera", seed=2), 2, ("psnr", "ssim"))
+    for r in report["results"]:
+        q = r["quality"]
+        assert q["dataset"] == "photos-camera" and q["degrade"] == "camera" and q["seed"] == 2 and q["images"] == 2
+        assert q["psnr"] == pytest.approx(want["psnr"]) and q["ssim"] == pytest.approx(want["ssim"])
+    assert "PSNR / SSIM photos-camera" in capsys.readouterr().out
+    assert main(["bench", "--model", str(tiny_path), "--quick", "--quality", str(tmp_path / "nowhere")]) == 2

@@ -200,11 +200,6 @@ def _available_host_memory() -> int:
     return 2 << 30
 
 
-def _bytes_per_lr_pixel(model: nn.Module, scale: int) -> int:
-    """A generous estimate of activation memory per LR pixel during a forward pass (archs)."""
-    return activation_bytes(model, scale)
-
-
 def auto_tile_size(model: nn.Module, scale: int, device: torch.device, cap: int | None = None) -> int:
     """The largest square tile (LR pixels, multiple of 16) whose forward fits in ~half the free memory
     and, on the CPU, in CPU_TILE_BYTES; at most `cap` (default: MAX_AUTO_TILE_CPU on the CPU,
@@ -218,7 +213,7 @@ def auto_tile_size(model: nn.Module, scale: int, device: torch.device, cap: int 
         cap = MAX_AUTO_TILE_CPU if device.type == "cpu" else MAX_AUTO_TILE
         if device.type == "cpu":
             budget = min(budget, CPU_TILE_BYTES)
-    side = int((budget / _bytes_per_lr_pixel(model, scale)) ** 0.5)
+    side = int((budget / activation_bytes(model, scale)) ** 0.5)
     return max(32, min(cap, side // 16 * 16))
 
 
@@ -226,7 +221,7 @@ def _fits_cpu_budget(model: nn.Module, scale: int, tile: int | None) -> bool:
     """Whether a CPU tile setting stays within CPU_TILE_BYTES (None: the automatic tile, which does)."""
     if tile is None:
         return True
-    return 0 < tile and tile * tile * _bytes_per_lr_pixel(model, scale) <= CPU_TILE_BYTES
+    return 0 < tile and tile * tile * activation_bytes(model, scale) <= CPU_TILE_BYTES
 
 
 class Upscaler:

@@ -171,15 +171,6 @@ def test_calibration_patches_follow_the_named_degradation(tmp_path):
         calibration_patches([folder], 4, degrade="jpeg", **kw)
 
 
-@pytest.mark.skipif("realnet-x4" not in SHIPPED, reason="realnet-x4 is not shipped in this build")
-def test_shipped_realnet_x4_in_int8_is_close_to_fp32():
-    lr = np.asarray(Image.open(REPO / "examples/chelsea.png").convert("RGB"))[100:132, 140:172]
-    fp32 = Upscaler.from_pretrained("realnet-x4", device="cpu", precision="fp32", tile=0).upscale(lr).astype(int)
-    int8 = Upscaler.from_pretrained("realnet-x4", device="cpu", precision="int8", tile=0).upscale(lr).astype(int)
-    diff = np.abs(fp32 - int8)
-    assert 0 < diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 8
-
-
 def test_a_stale_int8_file_is_refused(tmp_path):
     weights = tmp_path / "psnr-x2.safetensors"
     save_weights(weights, build_generator("msrresnet", upscale=2, num_feat=8, num_block=1))
@@ -188,13 +179,15 @@ def test_a_stale_int8_file_is_refused(tmp_path):
         Upscaler.from_pretrained(str(weights), device="cpu", precision="int8")
 
 
-@pytest.mark.skipif("psnr-x4" not in SHIPPED, reason="psnr-x4 is not shipped in this build")
-def test_shipped_psnr_x4_in_int8_is_close_to_fp32():
+@pytest.mark.parametrize("name", ["psnr-x4", "realnet-x4"])
+def test_shipped_x4_models_in_int8_are_close_to_fp32(name):
+    if name not in SHIPPED:
+        pytest.skip(f"{name} is not shipped in this build")
     lr = np.asarray(Image.open(REPO / "examples/chelsea.png").convert("RGB"))[100:132, 140:172]
-    fp32 = Upscaler.from_pretrained("psnr-x4", device="cpu", precision="fp32", tile=0).upscale(lr).astype(int)
-    int8 = Upscaler.from_pretrained("psnr-x4", device="cpu", precision="int8", tile=0).upscale(lr).astype(int)
+    fp32 = Upscaler.from_pretrained(name, device="cpu", precision="fp32", tile=0).upscale(lr).astype(int)
+    int8 = Upscaler.from_pretrained(name, device="cpu", precision="int8", tile=0).upscale(lr).astype(int)
     diff = np.abs(fp32 - int8)
-    assert diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 8
+    assert 0 < diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 8
 
 
 @pytest.mark.skipif("psnr-x2" not in SHIPPED, reason="psnr-x2 is not shipped in this build")

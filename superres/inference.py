@@ -177,13 +177,13 @@ def _apply_mallopt() -> bool:
 
 MAX_AUTO_TILE = 512      # accelerators: bigger tiles buy no speed and only cost memory
 # CPU: tiles are sized by memory, not side. The budget is what a psnr-x4 (MSRResNet, 64 features,
-# x4) tile of 256 is estimated to need, measured (1 thread, 2000x1500 in; README "Performance"):
-# with freed memory kept for reuse (configure_host_allocator) a 256 tile of psnr-x4 costs 6.66 us of
-# CPU per output pixel and peaks at 2251 MiB; a 512 tile 5.91 us (less overlap recomputed) but
-# glibc's heap then fragments to a 10901 MiB peak; a 512 tile with glibc's defaults, as before,
-# 10.40 us and 4351 MiB. A net with less memory per pixel gets a wider tile in the same budget,
-# and so recomputes less overlap: realnet-x4 (compact, every conv at LR size) gets 768, which took
-# its CPU time per pixel at 2000x1500 from 1.22x to 1.08x that of a 256x256 image (overlap 16).
+# x4) tile of 256 was estimated to need while its tail ran whole at HR size, measured (1 thread,
+# 2000x1500 in; README "Performance"): with freed memory kept for reuse (configure_host_allocator)
+# a 256 tile cost 6.66 us of CPU per output pixel and peaked at 2251 MiB; a 512 tile 5.91 us (less
+# overlap recomputed) but glibc's heap then fragmented to a 10901 MiB peak; a 512 tile with glibc's
+# defaults 10.40 us and 4351 MiB. A net with less memory per pixel gets a wider tile in the same
+# budget, and so recomputes less overlap: realnet-x4 (compact, every conv at LR size) gets 768, and
+# MSRResNet, whose tail now runs in row strips (archs/srresnet.py), 528 at x4 and 784 at x2.
 CPU_TILE_BYTES = 256 * 256 * hr_feature_bytes({"num_feat": 64}, 4)
 MAX_AUTO_TILE_CPU = 1024   # a side cap for the smallest nets: past it the overlap saved is < 2%
 

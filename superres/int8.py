@@ -173,7 +173,8 @@ class Int8Generator(nn.Module):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.hparams = dict(hparams)
         self.input_multiple = int(input_multiple)
-        # the fp32 net's estimate (archs.activation_bytes), which sizes the automatic tile
+        # the fp32 net's estimate as one graph (archs.activation_bytes(graph=True)), which sizes the
+        # automatic tile
         self.activation_bytes_per_lr_pixel = activation_bytes_per_lr_pixel
         self.register_buffer("onnx_sha256", torch.frombuffer(bytearray(hashlib.sha256(data).digest()),
                                                              dtype=torch.uint8))
@@ -208,7 +209,7 @@ def load_int8(weights: str | os.PathLike, model: nn.Module) -> Int8Generator:
         raise Int8Error(f"{Path(weights).name} has no int8 file ({path.name}); give calibration images "
                         "(--int8-calibration DIR) to quantize it when it is loaded")
     gen = Int8Generator(path, hparams=getattr(model, "hparams", {}), input_multiple=input_multiple(model),
-                        activation_bytes_per_lr_pixel=activation_bytes(model))
+                        activation_bytes_per_lr_pixel=activation_bytes(model, graph=True))
     want, got = gen.metadata.get("source_sha256"), _sha256(weights)
     if want != got:
         raise Int8Error(f"{path.name} was made from other weights than {Path(weights).name} (sha256 "
@@ -247,7 +248,7 @@ def int8_generator(model: nn.Module, info: dict[str, Any] | None = None, *,
         log.info("quantizing to int8 with %d calibration patches", len(calibration))
         quantize(model, calibration, path)
         return Int8Generator(path, hparams=hparams, input_multiple=input_multiple(model),
-                             activation_bytes_per_lr_pixel=activation_bytes(model))
+                             activation_bytes_per_lr_pixel=activation_bytes(model, graph=True))
 
 
 # ---------------------------------------------------------------------------------------------

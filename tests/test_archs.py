@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from superres.archs import GENERATORS, build_generator
 from superres.archs.rrdbnet import convert_esrgan_trunk
@@ -344,3 +345,68 @@ def test_tiny_generator_overfits_one_batch():
     finally:
         torch.set_num_threads(threads)
     assert losses[-1] < 0.5 * losses[0], f"L1 {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# inference in row strips: the same numbers in less memory
+
+def test_row_strips_equal_the_whole_call_when_the_halo_covers_the_receptive_field():
+    from superres.archs.blocks import in_row_strips
+
+    torch.manual_seed(0)
+    convs = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.PixelShuffle(2), nn.Conv2d(1, 1, 3, padding=1))
+    x = torch.rand(1, 2, 23, 9)
+    with torch.no_grad():
+        whole = convs(x)
+        # 1 row for the first conv + 1 output row of the second (half a row of x, rounded up)
+        strips = in_row_strips(convs, x, scale=2, halo=2, bytes_per_row=1000, max_bytes=8000)
+        short = in_row_strips(convs, x, scale=2, halo=1, bytes_per_row=1000, max_bytes=8000)
+    assert strips.shape == whole.shape == (1, 1, 46, 18)
+    torch.testing.assert_close(strips, whole, rtol=0, atol=1e-6)
+    # a halo short of the receptive field shows at the strip seams: the check above has teeth
+    assert (short - whole).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_msrresnet_tail_in_strips_matches_the_whole_tail(monkeypatch, scale, channels_last):
+    """Inference runs MSRResNet's tail (upconvs, conv_hr, conv_last) in row strips so a CPU tile's
+    memory is LR-sized maps; with strips of a few rows the output must still be the whole-tail one,
+    at every scale, in both memory layouts, and the strips must really be several."""
+    from superres.archs import srresnet
+
+    torch.manual_seed(0)
+    model = build_generator("msrresnet", num_feat=8, num_block=2, upscale=scale).eval()
+    x = torch.rand(1, 3, 37, 21)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.enable_grad():   # training mode of the forward: never in strips
+        whole = model(x).detach()
+    calls = []
+    model.conv_last.register_forward_hook(lambda m, i, o: calls.append(o.shape[2]))
+    monkeypatch.setattr(srresnet, "TAIL_STRIP_BYTES", 1)   # the fewest rows a strip may have
+    with torch.no_grad():
+        strips = model(x)
+    assert len(calls) > 3, calls
+    assert strips.shape == whole.shape == (1, 3, 37 * scale, 21 * scale)
+    assert strips.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(strips, whole, rtol=0, atol=1e-5)
+
+
+def test_msrresnet_trains_and_exports_with_the_whole_tail(monkeypatch):
+    """Strips are for eager inference only: with gradients on, or while tracing for ONNX, the tail
+    runs whole (a traced graph would freeze one image's strip count into it)."""
+    from superres.archs import srresnet
+
+    monkeypatch.setattr(srresnet, "TAIL_STRIP_BYTES", 1)
+    model = build_generator("msrresnet", num_feat=8, num_block=1, upscale=4).eval()
+    calls = []
+    model.conv_last.register_forward_hook(lambda m, i, o: calls.append(o.shape[2]))
+    model(torch.rand(1, 3, 24, 8))
+    assert calls == [96]
+    with torch.no_grad():   # what the ONNX export (superres.export, int8) traces
+        program = torch.export.export(model, (torch.rand(1, 3, 24, 8),))
+    convs = [n for n in program.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    # conv_first, two in the one residual block, upconv1, upconv2, conv_hr, conv_last: each once
+    assert len(convs) == 7

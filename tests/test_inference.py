@@ -220,11 +220,11 @@ def test_cpu_upscaler_sets_mallopt_once_per_process(fresh_allocator_state, tile)
     assert inference.host_allocator_configured()
 
 
-@pytest.mark.parametrize("tile", [0, 512])
+@pytest.mark.parametrize("tile", [0, 640])
 def test_big_tiles_and_whole_images_leave_malloc_alone(fresh_allocator_state, tile):
     """A heap that is never given back fragments under blocks of many sizes (10.9 GB instead of
-    4.4 GB for psnr-x4 at 512 tiles, 2000x1500): whole images and tiles over the CPU budget keep
-    glibc's way."""
+    4.4 GB for psnr-x4 at 512 tiles, 2000x1500, when its tail still ran whole): whole images and
+    tiles over the CPU budget (psnr-x4: 528) keep glibc's way."""
     from superres import inference
 
     psnr_x4 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
@@ -246,13 +246,14 @@ def test_automatic_cpu_tile_is_sized_by_the_architectures_memory(monkeypatch):
 
     model = _tiny_x2()
     monkeypatch.setattr(inference, "_available_host_memory", lambda: 64 << 30)
-    # the CPU budget is a psnr-x4 tile of 256 (MSRResNet, 64 features, x4: 24 KiB per LR pixel)
+    # the CPU budget: what a psnr-x4 tile of 256 held with its whole tail at HR size (24 KiB per LR
+    # pixel). With the tail in strips MSRResNet holds 4 * 64 * (6 + scale^2) bytes per LR pixel:
+    # sqrt(budget / 5632) -> 528 at x4, sqrt(budget / 2560) -> 784 at x2
     psnr_x4 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
     assert inference.CPU_TILE_BYTES == 256 * 256 * 64 * 16 * 4 * 6
-    assert inference.auto_tile_size(psnr_x4, 4, torch.device("cpu")) == 256
-    # the same features at x2 hold a quarter of the memory per LR pixel: twice the side
+    assert inference.auto_tile_size(psnr_x4, 4, torch.device("cpu")) == 528
     psnr_x2 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=2)
-    assert inference.auto_tile_size(psnr_x2, 2, torch.device("cpu")) == 512
+    assert inference.auto_tile_size(psnr_x2, 2, torch.device("cpu")) == 784
     # a compact net convolves at LR size: (64 + 3 * 16) * 24 bytes per LR pixel -> sqrt(budget / 2688)
     compact = build_generator("compact", num_feat=64, num_conv=2, upscale=4)
     assert inference.auto_tile_size(compact, 4, torch.device("cpu")) == 768
@@ -263,14 +264,22 @@ def test_automatic_cpu_tile_is_sized_by_the_architectures_memory(monkeypatch):
         hparams = compact.hparams
         activation_bytes_per_lr_pixel = activation_bytes(compact, 4)
     assert inference.auto_tile_size(Wrapped(), 4, torch.device("cpu")) == 768
+    # MSRResNet exported as one graph (ONNX, int8) runs its tail whole: the int8 form keeps 256
+    assert activation_bytes(psnr_x4, 4, graph=True) == 64 * 16 * 4 * 6
+    assert activation_bytes(compact, 4, graph=True) == activation_bytes(compact, 4)
+
+    class WrappedMSRResNet(nn.Module):
+        hparams = psnr_x4.hparams
+        activation_bytes_per_lr_pixel = activation_bytes(psnr_x4, 4, graph=True)
+    assert inference.auto_tile_size(WrappedMSRResNet(), 4, torch.device("cpu")) == 256
     # the smallest nets stop at the side cap; accelerators at theirs, by free memory only
     assert inference.auto_tile_size(model, 2, torch.device("cpu")) == inference.MAX_AUTO_TILE_CPU == 1024
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 << 30, 80 << 30))
     assert inference.auto_tile_size(psnr_x4, 4, torch.device("cuda")) == inference.MAX_AUTO_TILE == 512
-    # little memory: the estimate decides (1 GiB free, 64 features x4: sqrt(0.5 GiB / 24 KiB) -> 144)
+    # little memory: the estimate decides (1 GiB free, 64 features x4: sqrt(0.5 GiB / 5632) -> 304)
     monkeypatch.setattr(inference, "_available_host_memory", lambda: 1 << 30)
     big = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
-    assert inference.auto_tile_size(big, 4, torch.device("cpu")) == 144
+    assert inference.auto_tile_size(big, 4, torch.device("cpu")) == 304
     up = Upscaler(model, device="cpu", precision="fp32")
     assert up.tile_size() == inference.auto_tile_size(model, 2, torch.device("cpu"))
 

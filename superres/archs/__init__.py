@@ -57,16 +57,18 @@ def input_multiple(model: nn.Module, scale: int | None = None) -> int:
     return spec.input_multiple(int(scale if scale is not None else model.hparams["upscale"]))
 
 
-def activation_bytes(model: nn.Module, scale: int | None = None) -> int:
+def activation_bytes(model: nn.Module, scale: int | None = None, *, graph: bool = False) -> int:
     """A generous estimate of the activation bytes per LR pixel of a forward pass of `model` (its
-    arch's GeneratorSpec.activation_bytes). A module we did not register may declare it as an
-    `activation_bytes_per_lr_pixel` attribute (Int8Generator carries its fp32 net's); without one
+    arch's GeneratorSpec.activation_bytes; with graph=True its graph_activation_bytes, for the net
+    exported as one graph). A module we did not register may declare it as an
+    `activation_bytes_per_lr_pixel` attribute (Int8Generator carries its fp32 graph's); without one
     it is estimated as a net with HR-size features."""
     hparams = getattr(model, "hparams", {}) or {}
     scale = int(scale if scale is not None else hparams.get("upscale", 4))
     spec = spec_of(model)
     if spec is not None:
-        return int(spec.activation_bytes(hparams, scale))
+        estimate = (spec.graph_activation_bytes if graph else None) or spec.activation_bytes
+        return int(estimate(hparams, scale))
     declared = getattr(model, "activation_bytes_per_lr_pixel", None)
     return int(declared) if declared else hr_feature_bytes(hparams, scale)
 

@@ -1,6 +1,8 @@
 """The few building blocks several architectures share."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -29,3 +31,44 @@ def hparams_of(module: nn.Module) -> dict:
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def strips_allowed() -> bool:
+    """Whether a forward may split its work into row strips: inference in eager mode only. Training
+    needs the whole graph for backward, and a traced or exported graph (ONNX, torch.compile) would
+    freeze one image's strip count into it."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def in_row_strips(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, scale: int, halo: int,
+                  bytes_per_row: int, max_bytes: int) -> torch.Tensor:
+    """fn(x) computed over row strips of x, so that fn's big intermediates exist one strip at a time.
+
+    fn: (B, C, h, W) -> (B, C', h * scale, W * scale), pointwise in rows up to a receptive field of
+    `halo` rows of x (convs with zero padding): each strip reads `halo` rows beyond its own on each
+    side that has a neighbour and keeps only its own rows of the result, which are then the rows of
+    fn(x) (up to float rounding of different conv blockings). bytes_per_row: the size of fn's largest
+    intermediate per row of x; strips get as many rows as fit in max_bytes (at least 4 * halo, so
+    the recomputed halo stays a small part of the work). A strip count of one is fn(x) itself.
+    """
+    h = x.shape[2]
+    rows = max(4 * halo, max_bytes // max(bytes_per_row, 1))
+    if rows >= h:
+        return fn(x)
+    out = None
+    for a in range(0, h, rows):
+        b = min(h, a + rows)
+        a0, b0 = max(0, a - halo), min(h, b + halo)
+        y = fn(x[:, :, a0:b0])
+        if out is None:   # shaped like fn's result: dtype (autocast) and memory format (channels_last)
+            out = torch.empty((y.shape[0], y.shape[1], h * scale, y.shape[3]), dtype=y.dtype,
+                              device=y.device, memory_format=_memory_format(y))
+        out[:, :, a * scale:b * scale] = y[:, :, (a - a0) * scale:(a - a0 + b - a) * scale]
+        del y
+    return out
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if (t.dim() == 4 and not t.is_contiguous()
+                                   and t.is_contiguous(memory_format=torch.channels_last)) \
+        else torch.contiguous_format

@@ -66,6 +66,9 @@ class GeneratorSpec:
     # activation_bytes(hparams, scale): a generous estimate of the bytes of activations alive at once
     # per LR pixel in a forward pass; the inference core sizes its automatic tile by it
     activation_bytes: Callable[["Hparams", int], int] = hr_feature_bytes
+    # the same for the net exported as one graph (ONNX, int8), where eager-only savings such as
+    # MSRResNet's tail in row strips do not apply; None: activation_bytes
+    graph_activation_bytes: Callable[["Hparams", int], int] | None = None
 
     def check_scale(self, scale: int) -> None:
         if scale not in self.scales:

@@ -651,6 +651,23 @@ def build_degrader(cfg: Config, dinfo: DistInfo) -> tuple[Any, torch.Generator |
     return degrader, deg_rng
 
 
+def _learning_rate_from_config(key: str, opt: torch.optim.Optimizer, sched: Any, lr: float) -> None:
+    """Make a resumed optimizer follow the config's learning rate.
+
+    An optimizer's and a LambdaLR's state dicts carry the base rate they were built with, so loading
+    them silently undid `--set optim.lr_g=...` on a resume (the schedule's shape, a function of the
+    config, did follow). The config is what the user asked for: the base rate becomes its value and
+    the current rate is that times the schedule at the resumed step.
+    """
+    before = list(sched.base_lrs)
+    sched.base_lrs = [lr] * len(opt.param_groups)
+    for group, fn in zip(opt.param_groups, sched.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * fn(sched.last_epoch)
+    if any(b != lr for b in before):
+        log.info("%s = %g from the config (the checkpoint had %g)", key, lr, before[0])
+
+
 def restore_checkpoint(rs: RunState, resume: str | None) -> tuple[dict[str, Any] | None, int]:
     """Load the checkpoint --resume names into rs. Returns its RNG state (for the caller to restore
     once the data iterator exists) and the global sample index the next batch starts at."""
@@ -665,6 +682,7 @@ def restore_checkpoint(rs: RunState, resume: str | None) -> tuple[dict[str, Any]
     rs.ema.load_state_dict(state["ema"])
     rs.opt_g.load_state_dict(state["opt_g"])
     rs.sched_g.load_state_dict(state["sched_g"])
+    _learning_rate_from_config("optim.lr_g", rs.opt_g, rs.sched_g, cfg.optim.lr_g)
     rs.step, rs.best = int(state["step"]), state.get("best")
     # A best score means something only against the same validation: after a change of metric or
     # track (say from clean bicubic to the realistic track) the old score would shut out every new one.
@@ -681,6 +699,7 @@ def restore_checkpoint(rs: RunState, resume: str | None) -> tuple[dict[str, Any]
             rs.disc.load_state_dict(state["disc"])
             rs.opt_d.load_state_dict(state["opt_d"])
             rs.sched_d.load_state_dict(state["sched_d"])
+            _learning_rate_from_config("optim.lr_d", rs.opt_d, rs.sched_d, cfg.optim.lr_d)
         else:
             log.info("%s has no discriminator (a stage-1 checkpoint): D starts fresh", path)
     if rs.scaler.is_enabled() and "scaler" in state:

@@ -439,6 +439,34 @@ def test_resume_explicit_path(images, tmp_path):
     assert_states_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"), parts=("gen", "ema"))
 
 
+def test_resume_follows_the_configs_learning_rate(images, tmp_path, caplog):
+    """A lower optim.lr_g on resume is what a user does when training stalls: the restored optimizer
+    and schedule must take it (they used to keep the checkpoint's), with the schedule's shape kept."""
+    import logging
+
+    cfg = tiny(images, "train.total_steps=4", "log.ckpt_every=2", "optim.lr_g=1e-3", "optim.schedule=cosine",
+               "optim.min_lr_ratio=0.5")
+    train(cfg, tmp_path / "a")
+    ckpt = tmp_path / "a" / "checkpoints" / "ckpt_00000002.pt"
+    seen = []
+    real = train_mod.restore_checkpoint
+
+    def spy(rs, resume):
+        out = real(rs, resume)
+        seen.append((rs.sched_g.base_lrs[0], rs.opt_g.param_groups[0]["lr"], rs.sched_g.lr_lambdas[0](rs.step)))
+        return out
+
+    with caplog.at_level(logging.INFO, logger="superres.train"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "restore_checkpoint", spy)
+        train(tiny(images, "train.total_steps=4", "log.ckpt_every=2", "optim.lr_g=1e-4", "optim.schedule=cosine",
+                   "optim.min_lr_ratio=0.5"), tmp_path / "b", resume=str(ckpt))
+    (base, lr, factor), = seen
+    assert base == 1e-4 and 0.5 < factor < 1.0 and lr == pytest.approx(1e-4 * factor)
+    assert "optim.lr_g = 0.0001 from the config (the checkpoint had 0.001)" in caplog.text
+    # the lr logged for the steps after the resume is the new one
+    assert all(r["lr_g"] <= 1e-4 for r in records(tmp_path / "b") if "lr_g" in r)
+
+
 def test_rng_state_round_trip_mid_stream(caplog):
     """numpy's state is its key *and* position (and cached Gaussian): restoring with position 624
     replays another stream once numpy has drawn anything."""

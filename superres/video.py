@@ -108,6 +108,8 @@ def _manifest(src: Path, up: Any, opts: VideoOptions, seg_frames: int) -> dict[s
         digest.update(t.detach().float().cpu().numpy().tobytes())
     return {"input": str(src.resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
             "model": digest.hexdigest()[:16], "precision": up.precision, "tile": up.tile,
+            # the overlap changes the tile seams (its default went from 16 to 8 pixels)
+            "tile_overlap": up.tile_overlap,
             "options": asdict(opts), "segment_frames": seg_frames}
 
 

@@ -160,6 +160,11 @@ def test_resume_refuses_other_settings(tmp_path):
     with pytest.raises(VideoError, match="made with other settings, model or input"):
         upscale_video(src, dst, _tiny(), VideoOptions(segment_seconds=0.5, crf=30), resume=True,
                       progress=False)
+    # tiles that overlap differently meet at other seams: not the same frames either
+    other_overlap = _tiny()
+    other_overlap.tile_overlap += 4
+    with pytest.raises(VideoError, match="made with other settings, model or input"):
+        upscale_video(src, dst, other_overlap, VideoOptions(segment_seconds=0.5), resume=True, progress=False)
 
 
 def test_cli_video_end_to_end_and_errors(tmp_path, caplog):

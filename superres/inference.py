@@ -150,6 +150,25 @@ def host_allocator_configured() -> bool:
     return bool(_allocator_configured)
 
 
+def release_host_memory() -> bool:
+    """Give the free part of the heap back to the OS now (glibc's malloc_trim); True if it ran.
+
+    With configure_host_allocator's settings glibc never trims by itself, so a long-lived process
+    keeps the peak of its biggest image for good. A server calls this when it has nothing queued:
+    the next job then faults its first tile's pages in once, and reuses them for its other tiles.
+    Does nothing (False) where the allocator was not configured, or without glibc.
+    """
+    if not _allocator_configured:
+        return False
+    try:
+        trim = _load_libc().malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def _apply_mallopt() -> bool:
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0":
         log.debug("%s=0: glibc malloc left as it is", KEEP_FREED_MEMORY_ENV)

@@ -315,6 +315,12 @@ class Service:
                 self._finish(job, "failed")
             finally:
                 self.running = None
+                if self._queue.empty():
+                    # idle: hand the last image's peak heap back (CPU tiles keep freed memory for
+                    # reuse within a job, which would otherwise hold it until the process exits)
+                    from .inference import release_host_memory
+
+                    release_host_memory()
 
     def _finish(self, job: Job, state: str) -> None:
         job.state, job.finished, job.data = state, time.monotonic(), None

@@ -342,6 +342,46 @@ def test_freed_tile_memory_is_reused_not_faulted_in_again(keep):
         assert median_faults > 16000
 
 
+_TRIM_SCRIPT = """
+import sys, torch
+from superres.archs import build_generator
+from superres.inference import Upscaler, release_host_memory
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+Upscaler(build_generator("msrresnet", num_feat=8, num_block=1, upscale=2), device="cpu", precision="fp32")
+start = rss_mib()
+big = [torch.ones(32 << 20) for _ in range(4)]   # 512 MB in blocks of 128 MB, as a big tile's maps
+del big
+kept = rss_mib()
+print(start, kept, release_host_memory(), rss_mib())
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="the mallopt settings are glibc's")
+def test_kept_memory_is_given_back_on_request():
+    """Freed memory kept for reuse stays in the process (what makes tiles fast) until
+    release_host_memory, which `superres serve` calls whenever its queue is empty."""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUPERRES_KEEP_FREED_MEMORY": "1",
+           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _TRIM_SCRIPT], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    start, kept, released, after = float(out[0]), float(out[1]), out[2] == "True", float(out[3])
+    assert kept - start > 400 and released
+    assert after - start < 50
+
+
+def test_nothing_is_released_where_malloc_was_not_configured(fresh_allocator_state):
+    from superres import inference
+
+    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=0)   # whole images leave malloc alone
+    assert not inference.release_host_memory()
+
+
 def test_same_size_frames_still_batch_up_to_the_old_area(monkeypatch):
     """Video frames batch by the memory-based size up to MAX_AUTO_TILE, not by the CPU tile cap: 8
     frames of 100x100 (80000 px, over 256^2 but under 512^2) go through in one forward."""

@@ -223,6 +223,22 @@ def test_job_lifecycle(make_client):
     assert client.get("/v1/jobs/unknown").status_code == 404
 
 
+def test_an_idle_worker_gives_the_heap_back(make_client, monkeypatch):
+    """CPU tiles keep freed memory for reuse; the server hands it back once nothing is queued, so
+    one big upload does not hold the process at its peak until it exits."""
+    from superres import inference
+
+    released = []
+    monkeypatch.setattr(inference, "release_host_memory", lambda: released.append(time.monotonic()) or True)
+    client = make_client()
+    job_id = _post(client, _png(), path="/v1/jobs").json()["id"]
+    assert _wait(client, job_id)["state"] == "done"
+    deadline = time.monotonic() + 5
+    while not released and time.monotonic() < deadline:   # the worker's finally runs after `done`
+        time.sleep(0.01)
+    assert len(released) == 1
+
+
 def test_progress_then_cancel_between_tiles(make_client):
     client = make_client({"slow": _slow(0.05, tile=8)})     # 64x64 in 8-px tiles: 64 tiles, ~3 s
     job_id = _post(client, _png(size=(64, 64)), path="/v1/jobs").json()["id"]

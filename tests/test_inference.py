@@ -254,6 +254,9 @@ def test_automatic_cpu_tile_is_sized_by_the_architectures_memory(monkeypatch):
     assert inference.auto_tile_size(psnr_x4, 4, torch.device("cpu")) == 528
     psnr_x2 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=2)
     assert inference.auto_tile_size(psnr_x2, 2, torch.device("cpu")) == 784
+    # RRDBNet (ESRGAN, Real-ESRGAN x4plus) has the same tail, in strips too
+    esrgan = build_generator("rrdbnet", num_feat=64, num_block=1, num_grow_ch=32, upscale=4)
+    assert inference.auto_tile_size(esrgan, 4, torch.device("cpu")) == 528
     # a compact net convolves at LR size: (64 + 3 * 16) * 24 bytes per LR pixel -> sqrt(budget / 2688)
     compact = build_generator("compact", num_feat=64, num_conv=2, upscale=4)
     assert inference.auto_tile_size(compact, 4, torch.device("cpu")) == 768

@@ -33,6 +33,14 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+# Inference runs the upsampling tails of MSRResNet and RRDBNet in row strips whose largest map is at
+# most this big. The tail is where their memory is: maps with num_feat channels at 4x or 16x the LR
+# pixels (a 64-channel map of a 512x512 tile at x4 is 1 GB), while the bodies hold a few maps at LR
+# size. Strips let the CPU take 528 tiles within the memory that 256 ones needed, and so recompute
+# less tile overlap; 128 MB keeps the recomputed strip halo near 2% of the tail's work there.
+STRIP_BYTES = 128 << 20
+
+
 def strips_allowed() -> bool:
     """Whether a forward may split its work into row strips: inference in eager mode only. Training
     needs the whole graph for backward, and a traced or exported graph (ONNX, torch.compile) would
@@ -41,18 +49,19 @@ def strips_allowed() -> bool:
 
 
 def in_row_strips(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, scale: int, halo: int,
-                  bytes_per_row: int, max_bytes: int) -> torch.Tensor:
+                  bytes_per_row: int, max_bytes: int | None = None) -> torch.Tensor:
     """fn(x) computed over row strips of x, so that fn's big intermediates exist one strip at a time.
 
     fn: (B, C, h, W) -> (B, C', h * scale, W * scale), pointwise in rows up to a receptive field of
     `halo` rows of x (convs with zero padding): each strip reads `halo` rows beyond its own on each
     side that has a neighbour and keeps only its own rows of the result, which are then the rows of
     fn(x) (up to float rounding of different conv blockings). bytes_per_row: the size of fn's largest
-    intermediate per row of x; strips get as many rows as fit in max_bytes (at least 4 * halo, so
-    the recomputed halo stays a small part of the work). A strip count of one is fn(x) itself.
+    intermediate per row of x; strips get as many rows as fit in max_bytes (default STRIP_BYTES; at
+    least 4 * halo, so the recomputed halo stays a small part of the work). A strip count of one is
+    fn(x) itself.
     """
     h = x.shape[2]
-    rows = max(4 * halo, max_bytes // max(bytes_per_row, 1))
+    rows = max(4 * halo, (STRIP_BYTES if max_bytes is None else max_bytes) // max(bytes_per_row, 1))
     if rows >= h:
         return fn(x)
     out = None

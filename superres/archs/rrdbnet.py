@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import scaled_kaiming_
-from .spec import GeneratorSpec, Hparams, StateDict, count_indexed, scale_and_channels
+from .blocks import in_row_strips, scaled_kaiming_, strips_allowed
+from .spec import (GeneratorSpec, Hparams, StateDict, count_indexed, hr_feature_bytes, scale_and_channels,
+                   strip_tail_bytes)
 
 SCALES = (1, 2, 4)
 # Pixel-unshuffle factor of the input per scale: the trunk always runs at 1/4 of the output size.
@@ -84,9 +85,25 @@ class RRDBNet(nn.Module):
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = self.conv_first(x)                       # (B, F, H/u, W/u)
         feat = feat + self.conv_body(self.body(feat))
-        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
-        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
-        return self.conv_last(self.lrelu(self.conv_hr(feat)))  # (B, C, H*s, W*s)
+        if not strips_allowed():
+            return self._hr(self._up2(self._up1(feat)))  # (B, C, H*s, W*s)
+        # Inference: the tail in row strips, as MSRResNet's (srresnet.py): its 64-channel maps at 2x
+        # and 4x are the memory, the body's maps are LR-size. Halos in rows of each pass's input:
+        # conv_up1 reads 1 row of the 2x map (1 of feat); conv_up2, conv_hr and conv_last read 3
+        # rows of the 4x map, 2 of the 2x map.
+        nf, elt = feat.shape[1], feat.element_size()
+        feat = in_row_strips(self._up1, feat, scale=2, halo=1, bytes_per_row=feat.shape[3] * nf * 4 * elt)
+        return in_row_strips(lambda t: self._hr(self._up2(t)), feat, scale=2, halo=2,
+                             bytes_per_row=feat.shape[3] * nf * 4 * elt)
+
+    def _up1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lrelu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
+
+    def _up2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lrelu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
+
+    def _hr(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_last(self.lrelu(self.conv_hr(x)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +175,8 @@ def convert_esrgan_old_arch(state: StateDict) -> StateDict | None:
 
 SPEC = GeneratorSpec(
     name="rrdbnet", cls=RRDBNet, scales=SCALES, input_multiple=lambda scale: UNSHUFFLE[scale],
-    detect=detect,
+    detect=detect, activation_bytes=strip_tail_bytes,
+    # exported (ONNX, int8) the tail runs whole: HR-size maps
+    graph_activation_bytes=hr_feature_bytes,
     conversions={"esrgan-trunk": convert_esrgan_trunk, "esrgan-old-arch": convert_esrgan_old_arch},
 )

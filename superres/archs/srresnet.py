@@ -10,16 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import conv3x3, in_row_strips, scaled_kaiming_, strips_allowed
-from .spec import GeneratorSpec, Hparams, StateDict, count_indexed, hr_feature_bytes
+from .spec import GeneratorSpec, Hparams, StateDict, count_indexed, hr_feature_bytes, strip_tail_bytes
 
 SCALES = (2, 3, 4)
-
-# In inference the upsampling tail runs in row strips whose largest map is at most this big. The
-# tail is where the memory is: its maps have num_feat channels at 4x or 16x the LR pixels (a 64-channel
-# map of a 512x512 tile at x4 is 1 GB), while the residual blocks hold a few maps at LR size. Strips
-# let the CPU take 512 tiles within the memory of 256 ones, which recompute less overlap (see
-# activation_bytes); 128 MB keeps the recomputed strip halo near 2% of the tail's work at those sizes.
-TAIL_STRIP_BYTES = 128 << 20
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -88,7 +81,7 @@ class MSRResNet(nn.Module):
 
     def _tail_in_strips(self, feat: torch.Tensor) -> torch.Tensor:
         """The tail as above, strip by strip (archs.blocks.in_row_strips): the same result in the
-        memory of a few LR-size maps plus TAIL_STRIP_BYTES per strip map.
+        memory of a few LR-size maps plus blocks.STRIP_BYTES per strip map.
 
         Halos in rows of each strip's input: upconv1 reads 1; conv_hr then conv_last read 2 rows
         at the output, which at a x2 or larger shuffle is 1 row of the input, plus 1 for the
@@ -97,13 +90,13 @@ class MSRResNet(nn.Module):
         """
         nf, elt = feat.shape[1], feat.element_size()
         if self.upscale == 4:
-            feat = in_row_strips(self._up1, feat, scale=2, halo=1, max_bytes=TAIL_STRIP_BYTES,
+            feat = in_row_strips(self._up1, feat, scale=2, halo=1,
                                  bytes_per_row=feat.shape[3] * nf * 4 * elt)
             return in_row_strips(lambda t: self._hr(self._up2(t)), feat, scale=2, halo=2,
-                                 max_bytes=TAIL_STRIP_BYTES, bytes_per_row=feat.shape[3] * nf * 4 * elt)
+                                 bytes_per_row=feat.shape[3] * nf * 4 * elt)
         s = self.upscale
         return in_row_strips(lambda t: self._hr(self._up1(t)), feat, scale=s, halo=2,
-                             max_bytes=TAIL_STRIP_BYTES, bytes_per_row=feat.shape[3] * nf * s * s * elt)
+                             bytes_per_row=feat.shape[3] * nf * s * s * elt)
 
 
 def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
@@ -126,18 +119,7 @@ def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:
                 num_block=count_indexed(state, r"body\.(\d+)\.conv1\."), upscale=scale)
 
 
-def activation_bytes(hparams: Hparams, scale: int) -> int:
-    """Inference memory per LR pixel, the tail in strips: num_feat float32 channels times 6 + scale^2
-    (a few LR-size maps in the residual blocks; at x4 the whole x2 map, scale^2 / 4 of them; the
-    HR image maps of the output and its bilinear base), with the strips' fixed ~2-3 x
-    TAIL_STRIP_BYTES spread over a tile of ~512. Measured with one thread and freed memory kept
-    (configure_host_allocator): psnr-x4 at a 528 tile peaks 1266-1440 MiB over the loaded model,
-    5.0-5.4 KB per LR pixel against 5.6 here (the whole tail at 272 took 1472 MiB); psnr-x2 at
-    784, 1264 MiB."""
-    return 4 * int(hparams.get("num_feat", 64)) * (6 + scale * scale)
-
-
 SPEC = GeneratorSpec(name="msrresnet", cls=MSRResNet, scales=SCALES, input_multiple=lambda scale: 1,
-                     detect=detect, activation_bytes=activation_bytes,
+                     detect=detect, activation_bytes=strip_tail_bytes,
                      # exported (ONNX, int8) the tail runs whole: HR-size maps, as before strips
                      graph_activation_bytes=hr_feature_bytes)

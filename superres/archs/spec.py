@@ -54,11 +54,12 @@ def strip_tail_bytes(hparams: "Hparams", scale: int) -> int:
     """The same nets in eager inference, their tail in row strips (blocks.in_row_strips): num_feat
     float32 channels times 6 + scale^2 per LR pixel (a few LR-size maps in the body; at x4 the whole
     x2 map, scale^2 / 4 of them; the output image and its skip), with the strips' fixed 2-3 x
-    blocks.STRIP_BYTES spread over a tile of ~512. Measured, one thread, freed memory kept, peak over
-    the loaded model: psnr-x4 (MSRResNet) at a 528 tile 1266-1440 MiB, 5.0-5.4 KB per LR pixel
-    against 5.6 here (the whole tail at 272: 1472 MiB); psnr-x2 at 784 1264 MiB; an RRDBNet x4
-    (2 blocks) at 544 1533 MiB (5.4 KB), at 800 2324 MiB (3.8 KB). Never more than the whole tail
-    (hr_feature_bytes), which at x1 is the smaller."""
+    blocks.STRIP_BYTES spread over a tile of ~512. Measured (benchmarks/forward_memory.py: one
+    thread, freed memory kept, peak over the loaded and warmed-up model): psnr-x4 (MSRResNet) at a
+    528 tile 1025 MiB (3.9 KB per LR pixel, against 5.6 here; its whole tail at 272 took 934 MiB);
+    psnr-x2 at 784 1182 MiB (2.0 KB, against 2.6); an RRDBNet x4 at 544 1597 MiB (5.7 KB; whole
+    tail at 272 1460 MiB), where the body's dense blocks hold more LR-size maps. Never more than
+    the whole tail (hr_feature_bytes), which at x1 is the smaller."""
     return min(4 * int(hparams.get("num_feat", 64)) * (6 + scale * scale), hr_feature_bytes(hparams, scale))
 
 

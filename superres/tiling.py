@@ -107,13 +107,19 @@ def tiled_upscale(image: np.ndarray, forward: TileForward, *, scale: int, tile: 
     maxval = max_value(image.dtype)
     out = np.empty((h * scale, w * scale, c), image.dtype)
     total, done = len(rows) * len(cols), 0
-    band, band_y = np.zeros((0, pw * scale, c), np.float32), 0
+    # One buffer for every row's band, as tall as the tallest: allocating a fresh band per row held
+    # two (the old one until its shared rows were copied), 418 MB more at a 16000-wide x4 output.
+    store = np.zeros((max(b - a for a, b in rows) * scale, pw * scale, c), np.float32)
+    band, band_y = store[:0], 0
     for i, (y0, y1) in enumerate(rows):
         # the new band starts at this row's first output row; rows still shared with it carry over
-        fresh = np.zeros(((y1 - y0) * scale, pw * scale, c), np.float32)
-        keep = band[y0 * scale - band_y:]
-        fresh[:keep.shape[0]] = keep
-        band, band_y = fresh, y0 * scale
+        # (moved up within the buffer: numpy copies overlapping ranges correctly)
+        start, n_keep = y0 * scale - band_y, band.shape[0] - (y0 * scale - band_y)
+        if n_keep > 0:
+            store[:n_keep] = band[start:]
+        height = (y1 - y0) * scale
+        store[max(n_keep, 0):height] = 0.0
+        band, band_y = store[:height], y0 * scale
         for j, (x0, x1) in enumerate(cols):
             x = torch.from_numpy(src[y0:y1, x0:x1].astype(np.float32))
             if maxval != 1.0:

@@ -34,16 +34,29 @@ def _rss_now_mib() -> float:
     return float("nan")
 
 
-def child(width: int, height: int, tile: int | None) -> None:
+def child(width: int, height: int, tile: int | None, stand_in: bool) -> None:
     import numpy as np
     import torch
 
     from superres.archs import build_generator
+    from superres.archs.spec import strip_tail_bytes
     from superres.upscale import Upscaler
 
     torch.manual_seed(0)
-    model = build_generator("msrresnet", num_feat=64, num_block=16, upscale=4)
-    up = Upscaler(model, {"arch": "msrresnet"}, device="cpu", tile=tile)
+    if stand_in:
+        class NearestX4(torch.nn.Module):
+            """No activations: what is left is the tiler's own memory (result, band, one tile's I/O),
+            at the tile MSRResNet x4 would get."""
+            hparams = {"upscale": 4}
+            activation_bytes_per_lr_pixel = strip_tail_bytes({"num_feat": 64}, 4)
+
+            def forward(self, x):
+                return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")
+
+        model = NearestX4()
+    else:
+        model = build_generator("msrresnet", num_feat=64, num_block=16, upscale=4)
+    up = Upscaler(model, {"arch": "msrresnet", "scale": 4}, device="cpu", tile=tile)
     # a synthetic photo-like image: smooth gradients plus noise, uint8 RGB
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -69,13 +82,16 @@ def main() -> int:
     p.add_argument("--height", type=int, default=3000)
     p.add_argument("--tile", type=int, default=None, help="LR tile side (default: automatic)")
     p.add_argument("--json", default=None, help="also write the numbers here")
+    p.add_argument("--stand-in", action="store_true",
+                   help="nearest-neighbour x4 in place of the network: the tiler's own memory, in seconds")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.width, args.height, args.tile)
+        child(args.width, args.height, args.tile, args.stand_in)
         return 0
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--width", str(args.width),
-           "--height", str(args.height)] + (["--tile", str(args.tile)] if args.tile is not None else [])
+           "--height", str(args.height)] + (["--tile", str(args.tile)] if args.tile is not None else []) \
+        + (["--stand-in"] if args.stand_in else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
@@ -85,7 +101,8 @@ def main() -> int:
     f32 = ow * oh * 3 * 4 / MIB
     u8 = ow * oh * 3 / MIB
     r.update(float32_output_mib=f32, uint8_output_mib=u8, peak_over_float32_output=r["peak_rss_mib"] / f32)
-    print(f"input {args.width}x{args.height} RGB -> output {ow}x{oh} x4, MSRResNet 64/16, "
+    print(f"input {args.width}x{args.height} RGB -> output {ow}x{oh} x4, "
+          f"{'nearest-neighbour stand-in' if args.stand_in else 'MSRResNet 64/16'}, "
           f"tile {r['tile']}, {r['precision']}, {r['threads']} thread(s), {r['seconds']:.1f} s")
     print(f"peak RSS                    {r['peak_rss_mib']:10.1f} MiB")
     print(f"RSS before the upscale      {r['rss_before_upscale_mib']:10.1f} MiB")

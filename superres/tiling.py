@@ -114,7 +114,8 @@ def tiled_upscale(image: np.ndarray, forward: TileForward, *, scale: int, tile: 
     for i, (y0, y1) in enumerate(rows):
         # the new band starts at this row's first output row; rows still shared with it carry over
         # (moved up within the buffer: numpy copies overlapping ranges correctly)
-        start, n_keep = y0 * scale - band_y, band.shape[0] - (y0 * scale - band_y)
+        start = y0 * scale - band_y
+        n_keep = band.shape[0] - start
         if n_keep > 0:
             store[:n_keep] = band[start:]
         height = (y1 - y0) * scale

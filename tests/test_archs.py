@@ -359,8 +359,8 @@ def test_row_strips_equal_the_whole_call_when_the_halo_covers_the_receptive_fiel
     with torch.no_grad():
         whole = convs(x)
         # 1 row for the first conv + 1 output row of the second (half a row of x, rounded up)
-        strips = in_row_strips(convs, x, scale=2, halo=2, bytes_per_row=1000, max_bytes=8000)
-        short = in_row_strips(convs, x, scale=2, halo=1, bytes_per_row=1000, max_bytes=8000)
+        strips = in_row_strips(convs, x, scale=2, halo=2, channels=4, max_bytes=8 * 9 * 4 * 4)
+        short = in_row_strips(convs, x, scale=2, halo=1, channels=4, max_bytes=8 * 9 * 4 * 4)
     assert strips.shape == whole.shape == (1, 1, 46, 18)
     torch.testing.assert_close(strips, whole, rtol=0, atol=1e-6)
     # a halo short of the receptive field shows at the strip seams: the check above has teeth

@@ -49,20 +49,22 @@ def strips_allowed() -> bool:
 
 
 def in_row_strips(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, scale: int, halo: int,
-                  bytes_per_row: int, max_bytes: int | None = None) -> torch.Tensor:
+                  channels: int, max_bytes: int | None = None) -> torch.Tensor:
     """fn(x) computed over row strips of x, so that fn's big intermediates exist one strip at a time.
 
     fn: (B, C, h, W) -> (B, C', h * scale, W * scale), pointwise in rows up to a receptive field of
     `halo` rows of x (convs with zero padding): each strip reads `halo` rows beyond its own on each
     side that has a neighbour and keeps only its own rows of the result, which are then the rows of
-    fn(x) (up to float rounding of different conv blockings). bytes_per_row: the size of fn's largest
-    intermediate per row of x; strips get as many rows as fit in max_bytes (default STRIP_BYTES; at
-    least 4 * halo, so the recomputed halo stays a small part of the work). A strip count of one is
-    fn(x) itself.
+    fn(x) (up to float rounding of different conv blockings). channels: fn's largest intermediate in
+    channels per pixel of x (a conv to 4 * num_feat before a x2 pixel shuffle: 4 * num_feat); strips
+    get as many rows as fit in max_bytes (default STRIP_BYTES; at least 4 * halo, so the recomputed
+    halo stays a small part of the work). Outside eager inference (strips_allowed) and when one
+    strip would do, this is fn(x) itself.
     """
     h = x.shape[2]
-    rows = max(4 * halo, (STRIP_BYTES if max_bytes is None else max_bytes) // max(bytes_per_row, 1))
-    if rows >= h:
+    bytes_per_row = max(1, x.shape[3] * channels * x.element_size())
+    rows = max(4 * halo, (STRIP_BYTES if max_bytes is None else max_bytes) // bytes_per_row)
+    if rows >= h or not strips_allowed():
         return fn(x)
     out = None
     for a in range(0, h, rows):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import in_row_strips, scaled_kaiming_, strips_allowed
+from .blocks import in_row_strips, scaled_kaiming_
 from .spec import (GeneratorSpec, Hparams, StateDict, count_indexed, hr_feature_bytes, scale_and_channels,
                    strip_tail_bytes)
 
@@ -85,16 +85,13 @@ class RRDBNet(nn.Module):
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = self.conv_first(x)                       # (B, F, H/u, W/u)
         feat = feat + self.conv_body(self.body(feat))
-        if not strips_allowed():
-            return self._hr(self._up2(self._up1(feat)))  # (B, C, H*s, W*s)
-        # Inference: the tail in row strips, as MSRResNet's (srresnet.py): its 64-channel maps at 2x
-        # and 4x are the memory, the body's maps are LR-size. Halos in rows of each pass's input:
-        # conv_up1 reads 1 row of the 2x map (1 of feat); conv_up2, conv_hr and conv_last read 3
-        # rows of the 4x map, 2 of the 2x map.
-        nf, elt = feat.shape[1], feat.element_size()
-        feat = in_row_strips(self._up1, feat, scale=2, halo=1, bytes_per_row=feat.shape[3] * nf * 4 * elt)
-        return in_row_strips(lambda t: self._hr(self._up2(t)), feat, scale=2, halo=2,
-                             bytes_per_row=feat.shape[3] * nf * 4 * elt)
+        # The tail as MSRResNet's (srresnet.py), in row strips in eager inference: its 64-channel
+        # maps at 2x and 4x are the memory, the body's maps are LR-size. Halos in rows of each
+        # pass's input: conv_up1 reads 1 row of the 2x map (1 of feat); conv_up2, conv_hr and
+        # conv_last read 3 rows of the 4x map, 2 of the 2x map.
+        nf = feat.shape[1]
+        feat = in_row_strips(self._up1, feat, scale=2, halo=1, channels=nf * 4)
+        return in_row_strips(lambda t: self._hr(self._up2(t)), feat, scale=2, halo=2, channels=nf * 4)
 
     def _up1(self, x: torch.Tensor) -> torch.Tensor:
         return self.lrelu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))

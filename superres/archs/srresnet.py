@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import conv3x3, in_row_strips, scaled_kaiming_, strips_allowed
+from .blocks import conv3x3, in_row_strips, scaled_kaiming_
 from .spec import GeneratorSpec, Hparams, StateDict, count_indexed, hr_feature_bytes, strip_tail_bytes
 
 SCALES = (2, 3, 4)
@@ -59,14 +59,7 @@ class MSRResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W)
-        out = self.body(self.lrelu(self.conv_first(x)))   # (B, F, H, W)
-        if not strips_allowed():
-            out = self._up1(out)
-            if self.upscale == 4:
-                out = self._up2(out)
-            out = self._hr(out)                            # (B, C, H*s, W*s)
-        else:
-            out = self._tail_in_strips(out)
+        out = self._tail(self.body(self.lrelu(self.conv_first(x))))   # (B, C, H*s, W*s)
         base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
         return out + base
 
@@ -79,24 +72,22 @@ class MSRResNet(nn.Module):
     def _hr(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_last(self.lrelu(self.conv_hr(x)))
 
-    def _tail_in_strips(self, feat: torch.Tensor) -> torch.Tensor:
-        """The tail as above, strip by strip (archs.blocks.in_row_strips): the same result in the
-        memory of a few LR-size maps plus blocks.STRIP_BYTES per strip map.
+    def _tail(self, feat: torch.Tensor) -> torch.Tensor:
+        """Upsampling, conv_hr and conv_last; in eager inference strip by strip
+        (archs.blocks.in_row_strips), the same result in the memory of a few LR-size maps plus
+        blocks.STRIP_BYTES per strip map.
 
         Halos in rows of each strip's input: upconv1 reads 1; conv_hr then conv_last read 2 rows
         at the output, which at a x2 or larger shuffle is 1 row of the input, plus 1 for the
         upconv before them. x4 runs in two passes (to the x2 map, then on to x4), so no x4 map,
         whole or in strips, ever holds num_feat channels for the whole tile.
         """
-        nf, elt = feat.shape[1], feat.element_size()
+        nf = feat.shape[1]
         if self.upscale == 4:
-            feat = in_row_strips(self._up1, feat, scale=2, halo=1,
-                                 bytes_per_row=feat.shape[3] * nf * 4 * elt)
-            return in_row_strips(lambda t: self._hr(self._up2(t)), feat, scale=2, halo=2,
-                                 bytes_per_row=feat.shape[3] * nf * 4 * elt)
+            feat = in_row_strips(self._up1, feat, scale=2, halo=1, channels=nf * 4)
+            return in_row_strips(lambda t: self._hr(self._up2(t)), feat, scale=2, halo=2, channels=nf * 4)
         s = self.upscale
-        return in_row_strips(lambda t: self._hr(self._up1(t)), feat, scale=s, halo=2,
-                             bytes_per_row=feat.shape[3] * nf * s * s * elt)
+        return in_row_strips(lambda t: self._hr(self._up1(t)), feat, scale=s, halo=2, channels=nf * s * s)
 
 
 def detect(state: StateDict, given: Hparams | None = None) -> Hparams | None:

@@ -88,6 +88,12 @@ class LossConfig:
     # its EMA copy (the GAN's halos and noise), leaving GAN detail elsewhere alone. 1.0 in the paper.
     artifact: float = 0.0
     artifact_window: int = 7
+    # Unsharp-masked HR targets for the pixel, perceptual, texture and artifact losses (Real-ESRGAN
+    # trains on them: without them a real-world model's L1 optimum is a soft average). The weight
+    # of the added high-pass (0 = off; 0.5 in the paper); the discriminator still sees the plain HR.
+    sharpen_target: float = 0.0
+    sharpen_sigma: float = 8.0
+    sharpen_threshold: float = 10 / 255
     # R1 gradient penalty on D's real inputs, weight gamma/2 as in the paper (0 = off). Computed
     # every r1_every-th D step and scaled by r1_every (StyleGAN2's lazy regularisation).
     r1: float = 0.0
@@ -418,7 +424,7 @@ def _check_vgg_layers(key: str, layers: dict, before_activation: bool) -> None:
 def _check_losses(cfg: Config) -> None:
     lo = cfg.losses
     for key in ("pixel_weight", "perceptual", "adversarial", "feature_matching", "texture", "artifact",
-                "r1"):
+                "r1", "sharpen_target", "sharpen_threshold"):
         if getattr(lo, key) < 0:
             raise ConfigError(f"losses.{key} = {getattr(lo, key)} must be >= 0")
     if lo.perceptual > 0:
@@ -437,6 +443,8 @@ def _check_losses(cfg: Config) -> None:
             raise ConfigError(f"losses.vgg_weights = {lo.vgg_weights!r}: no such file")
     if lo.artifact > 0 and (lo.artifact_window < 3 or lo.artifact_window % 2 == 0):
         raise ConfigError(f"losses.artifact_window = {lo.artifact_window}: expected an odd number >= 3")
+    if lo.sharpen_target > 0 and lo.sharpen_sigma <= 0:
+        raise ConfigError(f"losses.sharpen_sigma = {lo.sharpen_sigma} must be > 0 (pixels)")
     if lo.r1_every < 1:
         raise ConfigError(f"losses.r1_every = {lo.r1_every} must be >= 1 (D steps)")
     if cfg.train.d_warmup_steps < 0:

@@ -12,6 +12,7 @@ Logits may be (B, 1) scores or (B, 1, H, W) maps (U-Net, PatchGAN): every mean i
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Callable
 
@@ -38,6 +39,38 @@ def pixel_loss(kind: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     if kind == "charbonnier":
         return torch.sqrt((sr - hr) ** 2 + CHARBONNIER_EPS2).mean()
     raise ValueError(f"unknown pixel loss {kind!r}; allowed values: {list(PIXEL_LOSSES)}")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur, kernel 2*ceil(3 sigma)+1 taps, reflect-padded (as far as the image
+    allows: a patch narrower than the kernel is padded by replication beyond its reflection)."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
+    y = F.pad(x, (radius, radius, 0, 0), mode=mode)
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.pad(y, (0, 0, radius, radius), mode=mode)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def unsharp_mask(img: torch.Tensor, weight: float = 0.5, sigma: float = 8.0,
+                 threshold: float = 10 / 255) -> torch.Tensor:
+    """Real-ESRGAN's sharpened training target, for images in [0, 1], (B, C, H, W).
+
+    img + weight * (img - blur(img)), applied only where the high-pass is above `threshold` (so
+    flat areas and fine noise are left alone), with that mask itself blurred so the sharpened
+    region has no edge of its own; clipped to [0, 1]. The paper's figures: weight 0.5, a 51-tap
+    kernel (OpenCV's sigma for it is 8.0), threshold 10/255.
+    """
+    blurred = gaussian_blur(img, sigma)
+    residual = img - blurred
+    mask = (residual.abs() > threshold).to(img.dtype)
+    soft = gaussian_blur(mask, sigma)
+    sharp = (img + weight * residual).clamp(0, 1)
+    return soft * sharp + (1 - soft) * img
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from .archs import build_discriminator, build_generator
 from .config import Config, ConfigError, config_digest, load_config, save_config, uses_discriminator
 from .data import IndexStreamSampler, PatchDataset, hr_folder
 from .losses import (GAN_LOSSES, RELATIVISTIC, DLoss, GLoss, TextureLoss, VGGPerceptualLoss, artifact_loss,
-                     feature_matching_loss, pixel_loss, r1_penalty)
+                     feature_matching_loss, pixel_loss, r1_penalty, unsharp_mask)
 from .fs import atomic_write_with
 from .weights import load_generator, save_weights
 
@@ -818,6 +818,10 @@ def generator_loss(rs: RunState, lr: torch.Tensor, sr: torch.Tensor, hr: torch.T
                    logs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The weighted sum of G's losses as configured; each term also goes into `logs`."""
     lo = rs.cfg.losses
+    hr_d = hr  # the discriminator's "real" is the plain HR even when the other losses aim sharper
+    if lo.sharpen_target > 0:
+        with torch.no_grad():
+            hr = unsharp_mask(hr, lo.sharpen_target, lo.sharpen_sigma, lo.sharpen_threshold)
     l_pix = pixel_loss(lo.pixel, sr, hr)
     loss_g = lo.pixel_weight * l_pix
     logs["l_pix"] = l_pix
@@ -846,7 +850,7 @@ def generator_loss(rs: RunState, lr: torch.Tensor, sr: torch.Tensor, hr: torch.T
             real_logits = real_feats = None
             if rs.need_real_logits:
                 with torch.no_grad():
-                    real_logits, real_feats = rs.disc(hr, return_features=True)
+                    real_logits, real_feats = rs.disc(hr_d, return_features=True)
         if lo.adversarial > 0:
             l_adv = rs.g_adv_loss(fake_logits.float(), None if real_logits is None else real_logits.float())
             loss_g = loss_g + lo.adversarial * l_adv
@@ -856,7 +860,7 @@ def generator_loss(rs: RunState, lr: torch.Tensor, sr: torch.Tensor, hr: torch.T
             loss_g = loss_g + lo.feature_matching * l_fm
             logs["l_fm"] = l_fm
         # for GanHealth: a generator collapsing to flat output shows as SR std << HR std
-        logs["sr_std"], logs["hr_std"] = sr.detach().std(), hr.std()
+        logs["sr_std"], logs["hr_std"] = sr.detach().std(), hr_d.std()
     logs["loss_g"] = loss_g
     return loss_g
 

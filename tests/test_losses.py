@@ -329,3 +329,54 @@ def test_artifact_map_only_where_the_ema_is_closer():
     loss = L.artifact_loss(sr, hr, ema_good)
     loss.backward()
     assert loss.item() > 0 and sr.grad[..., :6].abs().sum() > 0 and (sr.grad[..., 11:] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# unsharp-masked targets (Real-ESRGAN)
+
+def _np_blur_1d(v, sigma):
+    """Reference: the same Gaussian along one axis, written with numpy (reflect padding)."""
+    import numpy as np
+    r = math.ceil(3 * sigma)
+    t = np.arange(-r, r + 1)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    k /= k.sum()
+    return np.convolve(np.pad(v, r, mode="reflect"), k, mode="valid")
+
+
+def test_unsharp_mask_leaves_flat_areas_and_faint_noise_alone():
+    flat = torch.full((1, 3, 64, 64), 0.4)
+    assert torch.equal(L.unsharp_mask(flat), flat)
+    # +-4/255 grain is under the 10/255 threshold: a noisy flat patch comes back as it was
+    g = torch.Generator().manual_seed(0)
+    noisy = flat + (torch.randint(0, 2, flat.shape, generator=g).float() * 2 - 1) * 4 / 255
+    assert torch.allclose(L.unsharp_mask(noisy), noisy, atol=1e-6)
+
+
+def test_unsharp_mask_of_an_edge_matches_a_numpy_reference():
+    import numpy as np
+    cols = np.where(np.arange(96) < 48, 0.2, 0.7)
+    img = torch.tensor(cols, dtype=torch.float32).expand(1, 1, 64, 96).contiguous()
+    out = L.unsharp_mask(img, weight=0.5, sigma=3.0, threshold=10 / 255)[0, 0]
+    # the image only varies along columns, so the 2-D blur is the 1-D blur of one row
+    blur = _np_blur_1d(cols, 3.0)
+    res = cols - blur
+    soft = _np_blur_1d((np.abs(res) > 10 / 255).astype(float), 3.0)
+    want = soft * np.clip(cols + 0.5 * res, 0, 1) + (1 - soft) * cols
+    assert torch.allclose(out[32], torch.tensor(want, dtype=torch.float32), atol=1e-5)
+    assert torch.allclose(out[0], out[63])  # no change down the rows
+    # an edge gets the over- and undershoot that makes it look crisper; far from it, nothing moves
+    assert out[32, 47] < 0.2 - 0.02 and out[32, 48] > 0.7 + 0.02
+    assert out[32, 0] == pytest.approx(0.2, abs=1e-6) and out[32, 95] == pytest.approx(0.7, abs=1e-6)
+
+
+def test_unsharp_mask_stays_in_range_and_blur_keeps_the_mean():
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(2, 3, 40, 40, generator=g)
+    out = L.unsharp_mask(img, weight=2.0, sigma=2.0)
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, img)
+    # a patch narrower than the kernel (sigma 8 -> 49 taps on 20 px) still blurs without error
+    small = torch.rand(1, 3, 20, 20, generator=g)
+    assert L.gaussian_blur(small, 8.0).shape == small.shape
+    assert torch.allclose(L.gaussian_blur(torch.full((1, 1, 20, 20), 0.3), 8.0), torch.tensor(0.3))

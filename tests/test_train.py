@@ -775,3 +775,26 @@ def test_resume_with_another_validation_track_starts_best_over(tmp_path, monkeyp
     train(tiny(images, *common, "train.total_steps=6", "data.val_degradation=realistic"), run, resume="auto")
     assert [r["step"] for r in records(run) if "val/psnr" in r] == [2, 4, 6]
     assert read_state_dict(run / "best.safetensors")[1]["step"] == "4"
+
+
+def test_sharpened_targets_reach_the_pixel_loss_but_not_the_discriminator(images, tmp_path, monkeypatch):
+    calls = []
+    real_usm = train_mod.unsharp_mask
+
+    def spy(hr, weight, sigma, threshold):
+        calls.append((hr.shape, weight, sigma, threshold))
+        return real_usm(hr, weight, sigma, threshold)
+
+    monkeypatch.setattr(train_mod, "unsharp_mask", spy)
+    plain = tiny(images, *GAN, "train.total_steps=2")
+    sharp = tiny(images, *GAN, "train.total_steps=2", "losses.sharpen_target=1.5", "losses.sharpen_sigma=2.0")
+    train(plain, tmp_path / "plain")
+    assert calls == []
+    train(sharp, tmp_path / "sharp")
+    assert len(calls) == 2 and all(c[1:] == (1.5, 2.0, 10 / 255) for c in calls)
+    p, s = records(tmp_path / "plain"), records(tmp_path / "sharp")
+    # same seed, same first batch and weights: only the target of the pixel loss differs
+    assert s[0]["l_pix"] != pytest.approx(p[0]["l_pix"], rel=1e-3)
+    assert s[0]["hr_std"] == pytest.approx(p[0]["hr_std"], rel=1e-6)  # D's real stays the plain HR
+    with pytest.raises(ConfigError, match="losses.sharpen_sigma = 0.0 must be > 0"):
+        tiny(images, "losses.sharpen_target=0.5", "losses.sharpen_sigma=0")

@@ -52,6 +52,10 @@ class DataConfig:
     batch_size: int = 16  # the GLOBAL batch: DDP splits it evenly over the ranks
     num_workers: int = 0
     degradation: str = "bicubic"
+    # With degradation = "realistic": the fraction of batches made with the milder `camera` preset
+    # instead (one light blur, sensor noise, JPEG 50-90), so the model also sees inputs that have
+    # little to remove and learns to keep their detail. 0 = realistic only.
+    camera_fraction: float = 0.0
     val_dirs: list[str] = field(default_factory=lambda: ["../shared/data/benchmarks/Set5",
                                                          "../shared/data/benchmarks/Set14"])
     val_max_images: int = 0  # 0 = all
@@ -383,6 +387,11 @@ def _check_data(cfg: Config) -> None:
     if cfg.data.holdout < 0 or cfg.data.holdout == 1:
         raise ConfigError(f"data.holdout = {cfg.data.holdout}: allowed values are 0 (no holdout) or "
                           "an integer N >= 2 (every N-th image of each training folder is held out)")
+    if not 0.0 <= cfg.data.camera_fraction <= 1.0:
+        raise ConfigError(f"data.camera_fraction = {cfg.data.camera_fraction} must be in [0, 1]")
+    if cfg.data.camera_fraction > 0 and cfg.data.degradation != "realistic":
+        raise ConfigError(f"data.camera_fraction = {cfg.data.camera_fraction} needs data.degradation = "
+                          f"'realistic' (it replaces that fraction of its batches); got {cfg.data.degradation!r}")
     if not cfg.data.train_dirs:
         raise ConfigError("data.train_dirs is empty: give at least one folder of HR images")
     if cfg.data.lr_dirs and len(cfg.data.lr_dirs) != len(cfg.data.train_dirs):

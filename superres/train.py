@@ -637,6 +637,21 @@ def build_feature_losses(cfg: Config, device: torch.device, mem_format: torch.me
     return percep, texture
 
 
+class MixedDegrader:
+    """The realistic pipeline, with `camera_fraction` of the batches made by the camera preset
+    instead; the choice is drawn from the same generator, so a resumed run repeats it."""
+
+    def __init__(self, realistic: Any, camera_fraction: float, scale: int) -> None:
+        self.realistic, self.camera_fraction, self.scale = realistic, camera_fraction, scale
+
+    def __call__(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        from .degrade import camera_degrade
+
+        if torch.rand((), generator=generator).item() < self.camera_fraction:
+            return camera_degrade(hr, self.scale, generator)
+        return self.realistic(hr, generator)
+
+
 def build_degrader(cfg: Config, dinfo: DistInfo) -> tuple[Any, torch.Generator | None]:
     """data.degradation = realistic: the batch-wise degrader and its seeded RNG; else (None, None)."""
     if cfg.data.degradation != "realistic":
@@ -644,6 +659,8 @@ def build_degrader(cfg: Config, dinfo: DistInfo) -> tuple[Any, torch.Generator |
     from .degrade import RealisticDegrader
 
     degrader = RealisticDegrader(cfg.degrade, cfg.model.scale)
+    if cfg.data.camera_fraction > 0:
+        degrader = MixedDegrader(degrader, cfg.data.camera_fraction, cfg.model.scale)
     # On the CPU whatever the device: the degrader draws one seed per batch from it and makes its
     # noise on the device itself. One stream per rank, as each rank degrades different images.
     deg_rng = torch.Generator()

@@ -537,6 +537,43 @@ def test_realistic_degradation_runs_and_resumes(images, tmp_path):
     assert losses_of(tmp_path / "resumed") == losses_of(tmp_path / "straight")
 
 
+
+def test_camera_fraction_mixes_the_presets_per_batch():
+    from superres.degrade import camera_degrade
+
+    hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def realistic(x, generator):
+        calls.append(1)
+        return x[:, :, ::4, ::4]
+
+    # fraction 1: every batch is exactly the camera preset, drawn after the one choice draw
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    out = train_mod.MixedDegrader(realistic, 1.0, 4)(hr, g1)
+    torch.rand((), generator=g2)
+    assert torch.equal(out, camera_degrade(hr, 4, g2)) and calls == []
+    # fraction 0.3: about 30% camera batches, the rest through the realistic pipeline
+    mixed = train_mod.MixedDegrader(realistic, 0.3, 4)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        assert mixed(hr, g).shape == (2, 3, 8, 8)
+    assert 120 <= len(calls) <= 160, len(calls)
+
+
+def test_camera_fraction_trains_resumes_and_is_checked(images, tmp_path):
+    items = ("data.degradation=realistic", "data.camera_fraction=0.5", "optim.schedule=constant",
+             "data.batch_size=2", "log.ckpt_every=1", "log.keep_last=5")
+    train(tiny(images, *items, "train.total_steps=3"), tmp_path / "straight")
+    train(tiny(images, *items, "train.total_steps=1"), tmp_path / "resumed")
+    train(tiny(images, *items, "train.total_steps=3"), tmp_path / "resumed", resume="auto")
+    assert losses_of(tmp_path / "resumed") == losses_of(tmp_path / "straight")
+    with pytest.raises(ConfigError, match="data.camera_fraction = 1.5 must be in"):
+        tiny(images, "data.degradation=realistic", "data.camera_fraction=1.5")
+    with pytest.raises(ConfigError, match="needs data.degradation = 'realistic'.*got 'bicubic'"):
+        tiny(images, "data.camera_fraction=0.2")
+
+
 # ---------------------------------------------------------------------------------------------
 # pieces
 

@@ -642,13 +642,14 @@ class MixedDegrader:
     instead; the choice is drawn from the same generator, so a resumed run repeats it."""
 
     def __init__(self, realistic: Any, camera_fraction: float, scale: int) -> None:
+        from .degrade import camera_degrade  # degrade is imported only by realistic runs (build_degrader)
+
         self.realistic, self.camera_fraction, self.scale = realistic, camera_fraction, scale
+        self.camera = camera_degrade
 
     def __call__(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        from .degrade import camera_degrade
-
         if torch.rand((), generator=generator).item() < self.camera_fraction:
-            return camera_degrade(hr, self.scale, generator)
+            return self.camera(hr, self.scale, generator)
         return self.realistic(hr, generator)
 
 

@@ -56,6 +56,11 @@ class DataConfig:
     # instead (one light blur, sensor noise, JPEG 50-90), so the model also sees inputs that have
     # little to remove and learns to keep their detail. 0 = realistic only.
     camera_fraction: float = 0.0
+    # With degradation = "realistic": the fraction of batches made by plain MATLAB bicubic (the
+    # clean benchmark LR), for models that must keep every detail of a clean photo. Drawn with
+    # camera_fraction from one number per batch: clean below clean_fraction, camera above it up to
+    # clean_fraction + camera_fraction, realistic for the rest.
+    clean_fraction: float = 0.0
     val_dirs: list[str] = field(default_factory=lambda: ["../shared/data/benchmarks/Set5",
                                                          "../shared/data/benchmarks/Set14"])
     val_max_images: int = 0  # 0 = all
@@ -392,6 +397,14 @@ def _check_data(cfg: Config) -> None:
     if cfg.data.camera_fraction > 0 and cfg.data.degradation != "realistic":
         raise ConfigError(f"data.camera_fraction = {cfg.data.camera_fraction} needs data.degradation = "
                           f"'realistic' (it replaces that fraction of its batches); got {cfg.data.degradation!r}")
+    if not 0.0 <= cfg.data.clean_fraction <= 1.0:
+        raise ConfigError(f"data.clean_fraction = {cfg.data.clean_fraction} must be in [0, 1]")
+    if cfg.data.clean_fraction > 0 and cfg.data.degradation != "realistic":
+        raise ConfigError(f"data.clean_fraction = {cfg.data.clean_fraction} needs data.degradation = "
+                          f"'realistic' (it replaces that fraction of its batches); got {cfg.data.degradation!r}")
+    if cfg.data.clean_fraction + cfg.data.camera_fraction > 1.0:
+        raise ConfigError(f"data.clean_fraction + data.camera_fraction = {cfg.data.clean_fraction} + "
+                          f"{cfg.data.camera_fraction} must be at most 1")
     if not cfg.data.train_dirs:
         raise ConfigError("data.train_dirs is empty: give at least one folder of HR images")
     if cfg.data.lr_dirs and len(cfg.data.lr_dirs) != len(cfg.data.train_dirs):

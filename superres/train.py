@@ -638,17 +638,23 @@ def build_feature_losses(cfg: Config, device: torch.device, mem_format: torch.me
 
 
 class MixedDegrader:
-    """The realistic pipeline, with `camera_fraction` of the batches made by the camera preset
-    instead; the choice is drawn from the same generator, so a resumed run repeats it."""
+    """The realistic pipeline, with `clean_fraction` of the batches made by plain MATLAB bicubic
+    and `camera_fraction` by the camera preset instead; the choice is one draw from the same
+    generator per batch, so a resumed run repeats it (and clean_fraction 0 repeats older runs)."""
 
-    def __init__(self, realistic: Any, camera_fraction: float, scale: int) -> None:
-        from .degrade import camera_degrade  # degrade is imported only by realistic runs (build_degrader)
+    def __init__(self, realistic: Any, camera_fraction: float, scale: int,
+                 clean_fraction: float = 0.0) -> None:
+        from .degrade import camera_degrade, degrade_bicubic  # imported only by realistic runs
 
         self.realistic, self.camera_fraction, self.scale = realistic, camera_fraction, scale
-        self.camera = camera_degrade
+        self.clean_fraction = clean_fraction
+        self.camera, self.clean = camera_degrade, degrade_bicubic
 
     def __call__(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if torch.rand((), generator=generator).item() < self.camera_fraction:
+        u = torch.rand((), generator=generator).item() - self.clean_fraction
+        if u < 0:
+            return self.clean(hr, self.scale)
+        if u < self.camera_fraction:
             return self.camera(hr, self.scale, generator)
         return self.realistic(hr, generator)
 
@@ -660,8 +666,9 @@ def build_degrader(cfg: Config, dinfo: DistInfo) -> tuple[Any, torch.Generator |
     from .degrade import RealisticDegrader
 
     degrader = RealisticDegrader(cfg.degrade, cfg.model.scale)
-    if cfg.data.camera_fraction > 0:
-        degrader = MixedDegrader(degrader, cfg.data.camera_fraction, cfg.model.scale)
+    if cfg.data.camera_fraction > 0 or cfg.data.clean_fraction > 0:
+        degrader = MixedDegrader(degrader, cfg.data.camera_fraction, cfg.model.scale,
+                                 cfg.data.clean_fraction)
     # On the CPU whatever the device: the degrader draws one seed per batch from it and makes its
     # noise on the device itself. One stream per rank, as each rank degrades different images.
     deg_rng = torch.Generator()

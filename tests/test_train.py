@@ -561,6 +561,41 @@ def test_camera_fraction_mixes_the_presets_per_batch():
     assert 120 <= len(calls) <= 160, len(calls)
 
 
+def test_clean_fraction_gives_the_benchmark_lr_and_shares_the_draw_with_camera():
+    from superres.degrade import degrade_bicubic, imresize
+
+    hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    hr = torch.round(hr * 255) / 255
+    kinds = []
+
+    def realistic(x, generator):
+        kinds.append("realistic")
+        return x[:, :, ::4, ::4]
+
+    out = train_mod.MixedDegrader(realistic, 0.0, 4, clean_fraction=1.0)(hr, torch.Generator().manual_seed(3))
+    assert torch.equal(out, degrade_bicubic(hr, 4)) and kinds == []
+    # the clean LR is MATLAB's bicubic of the 8-bit image
+    u8 = (hr[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal((out[0] * 255).round().byte().permute(1, 2, 0).numpy(), imresize(u8, 1 / 4))
+    mixed = train_mod.MixedDegrader(realistic, 0.3, 4, clean_fraction=0.4)
+    mixed.camera = lambda x, s, g: (kinds.append("camera"), x[:, :, ::4, ::4])[1]
+    mixed.clean = lambda x, s: (kinds.append("clean"), x[:, :, ::4, ::4])[1]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        mixed(hr, g)
+    counts = {k: kinds.count(k) for k in ("clean", "camera", "realistic")}
+    assert 95 <= counts["clean"] <= 145 and 65 <= counts["camera"] <= 115 and 65 <= counts["realistic"] <= 115, counts
+
+
+def test_clean_fraction_is_checked(images):
+    with pytest.raises(ConfigError, match="data.clean_fraction = -0.1 must be in"):
+        tiny(images, "data.degradation=realistic", "data.clean_fraction=-0.1")
+    with pytest.raises(ConfigError, match="data.clean_fraction = 0.5 needs data.degradation = 'realistic'"):
+        tiny(images, "data.clean_fraction=0.5")
+    with pytest.raises(ConfigError, match=r"clean_fraction \+ data.camera_fraction = 0.6 \+ 0.5 must be at most 1"):
+        tiny(images, "data.degradation=realistic", "data.clean_fraction=0.6", "data.camera_fraction=0.5")
+
+
 def test_camera_fraction_trains_resumes_and_is_checked(images, tmp_path):
     items = ("data.degradation=realistic", "data.camera_fraction=0.5", "optim.schedule=constant",
              "data.batch_size=2", "log.ckpt_every=1", "log.keep_last=5")

@@ -7,7 +7,9 @@ exactly as written in one bash session (the first command activates the virtuale
 uses, as in a newcomer's terminal) and checks that the upscaled image exists with 4x the sample's
 size. Standard library only: it runs before anything is installed.
 
-Usage: python3 .ci/first_run.py [--keep]
+Usage: python3 .ci/first_run.py [--keep] [--fast] [--self-test]
+  --fast       the test command with `-m "not slow"` appended (CI has just run the whole suite)
+  --self-test  check this script's README parsing on made-up inputs, run nothing
 """
 from __future__ import annotations
 
@@ -61,10 +63,47 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+def _expect_exit(fn, text: str, match: str) -> None:
+    try:
+        fn(text)
+    except SystemExit as e:
+        if match not in str(e):
+            raise AssertionError(f"expected {match!r} in {e}") from None
+        return
+    raise AssertionError(f"no SystemExit for {text!r}")
+
+
+def self_test() -> int:
+    """The parsing above on made-up READMEs (the repository's own README is checked by
+    tests/test_quick_start.py and by the real run)."""
+    readme = ("## Quick start\n\n```bash\npip install . && superres upscale in.png -o out.png\n```\n\n"
+              "```bash\npython -m pytest -q\n```\n\n## Next\n")
+    assert quick_start_commands(readme) == ["pip install . && superres upscale in.png -o out.png",
+                                            "python -m pytest -q"]
+    assert upscale_paths(quick_start_commands(readme)[0]) == ("in.png", "out.png")
+    _expect_exit(quick_start_commands, "## Quick start\n\n```bash\necho hi\n```\n\n## Next\n",
+                 "two ```bash blocks, found 1")
+    _expect_exit(upscale_paths, "pip install . && superres upscale a.png b.png", "no 'superres upscale IN -o OUT'")
+    tmp = Path(tempfile.mkdtemp(prefix="superres-first-run-self-test-"))
+    try:
+        (tmp / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII", 13, b"IHDR", 7, 5) + bytes(5))
+        assert png_size(tmp / "x.png") == (7, 5)
+        (tmp / "y.png").write_bytes(b"GIF89a" + bytes(30))
+        _expect_exit(png_size, tmp / "y.png", "not a PNG")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("first_run self-test OK")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keep", action="store_true", help="keep the temporary clone")
+    p.add_argument("--fast", action="store_true", help='append -m "not slow" to the test command')
+    p.add_argument("--self-test", action="store_true", help="check the README parsing, run nothing")
     args = p.parse_args()
+    if args.self_test:
+        return self_test()
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout.strip()
@@ -78,6 +117,8 @@ def main() -> int:
         src, out = upscale_paths(install)
         print(f"first run in {clone} (commit {commit[:10]}, no ../shared):\n  $ {install}\n  $ {test}",
               flush=True)
+        if args.fast:
+            test = f'{test} -m "not slow"'
         script = f"set -e\n{install}\n{test}\n"
         rc = subprocess.run(["bash", "-c", script], cwd=clone).returncode
         if rc != 0:

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from superres.archs import build_generator
-from superres.config import DegradeConfig
-from superres.data import IndexStreamSampler, PatchDataset
-from superres.degrade import RealisticDegrader, make_generator
+from superres.training.config import DegradeConfig
+from superres.data.datasets import IndexStreamSampler, PatchDataset
+from superres.data.degrade import RealisticDegrader, make_generator
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DIRS = [REPO.parent / "shared/data/train/T91", REPO.parent / "shared/data/train/BSD200"]

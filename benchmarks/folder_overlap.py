@@ -35,7 +35,7 @@ def _upscaler(model: str, tile: int | None):
     import torch
 
     from superres.archs import build_generator
-    from superres.inference import Upscaler
+    from superres.inference.upscaler import Upscaler
 
     torch.manual_seed(0)
     if model == "compact":
@@ -64,9 +64,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from superres.bench import _upscale_args, parse_size, synthetic_image
-    from superres.images import ImageData, encode_image, read_image
-    from superres.upscale import upscale_file, upscale_files
+    from superres.apps.bench import _upscale_args, parse_size, synthetic_image
+    from superres.io.images import ImageData, encode_image, read_image
+    from superres.apps.filejob import upscale_file, upscale_files
 
     torch.set_num_threads(args.threads)
     width, height = parse_size(args.size)
@@ -116,7 +116,7 @@ def main() -> None:
                      f"(x{result['one_by_one_vs_model']:.3f}), overlapped {med['overlapped']:.2f} s "
                      f"(x{result['overlapped_vs_model']:.3f})\n")
     if args.json:
-        from superres.fs import atomic_write
+        from superres.io.fs import atomic_write
         atomic_write(args.json, json.dumps(result, indent=2).encode())
 
 

@@ -36,7 +36,8 @@ def main() -> None:
     import torch
 
     from superres.archs import blocks, build_generator
-    from superres.inference import Upscaler, configure_host_allocator
+    from superres.inference.upscaler import Upscaler
+    from superres.inference.core import configure_host_allocator
 
     torch.set_num_threads(1)
     configure_host_allocator()

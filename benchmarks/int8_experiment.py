@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from superres.int8 import CALIB_PATCHES, CALIB_SEED, CALIB_SIZE, calibration_patches
+from superres.data.calibration import CALIB_PATCHES, CALIB_SEED, CALIB_SIZE, calibration_patches
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared/data"
@@ -148,7 +148,7 @@ class OrtModule(nn.Module):
 
 def ort_fp32(model: nn.Module, tmp: Path) -> nn.Module:
     """Our fp32 ONNX export in ONNX Runtime: what the int8 file is quantized from."""
-    from superres.export import export_onnx
+    from superres.inference.onnx import export_onnx
 
     path = tmp / "model.onnx"
     export_onnx(copy.deepcopy(model).float().eval(), path)
@@ -159,7 +159,7 @@ def ort_int8(model: nn.Module, calib: torch.Tensor, tmp: Path) -> nn.Module:
     """`--precision int8` itself: superres.int8.quantize (QDQ, per-channel s8 weights, u8 activations
     with reduce_range, MinMax) run by superres.int8.Int8Generator."""
     from superres.archs import input_multiple
-    from superres.int8 import Int8Generator, quantize
+    from superres.inference.int8 import Int8Generator, quantize
 
     path = tmp / "model.int8.onnx"
     quantize(copy.deepcopy(model).float().eval(), calib, path)
@@ -193,8 +193,8 @@ def quality(modules: dict[str, nn.Module], eval_dir: Path, scale: int,
             sheets: Path | None, degrade: str = "bicubic") -> dict[str, dict[str, float]]:
     """Set14 (or --eval-dir) PSNR/SSIM on Y per method on the `superres eval` protocol, and the
     largest per-pixel difference from the fp32 output (8-bit levels)."""
-    from superres.evaluate import (bicubic_upscaler, compare_sheet, evaluate_pairs, generator_upscaler,
-                                   load_pairs, sheet_boxes)
+    from superres.evaluation.protocol import bicubic_upscaler, evaluate_pairs, generator_upscaler, load_pairs
+    from superres.apps.eval import compare_sheet, sheet_boxes
 
     pairs = load_pairs(eval_dir, scale, degrade=degrade, seed=0)   # seed 0: `eval --degrade NAME --seed 0`
     outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
 
-    from superres.inference import Upscaler, upscale_tensor
+    from superres.inference.upscaler import Upscaler
+    from superres.inference.core import upscale_tensor
 
     torch.set_num_threads(1)
     methods = ["fp32"] + [m for m in (args.method or METHODS) if m != "fp32"]

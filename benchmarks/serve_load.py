@@ -104,7 +104,7 @@ def start_server(model_args: list[str], queue: int = 16) -> tuple[subprocess.Pop
 def tiny_model(path: Path) -> Path:
     import torch
     from superres.archs import build_generator
-    from superres.weights import save_weights
+    from superres.inference.weights import save_weights
     torch.manual_seed(0)
     save_weights(path, build_generator("msrresnet", num_feat=4, num_block=1, upscale=4))
     return path

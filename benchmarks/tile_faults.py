@@ -40,7 +40,8 @@ def child(model: str, size: tuple[int, int], ref_side: int, tiles: list[int], ro
     import numpy as np
     import torch
 
-    from superres.inference import Upscaler, configure_host_allocator
+    from superres.inference.upscaler import Upscaler
+    from superres.inference.core import configure_host_allocator
 
     torch.set_num_threads(1)
     # asked for here, whatever the tile, so that every tile size is measured under the same malloc
@@ -96,7 +97,7 @@ def main() -> None:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from superres.bench import parse_size
+    from superres.apps.bench import parse_size
     size = parse_size(args.size)
     if args.child:
         result = child(args.model, size, args.ref_side, args.tiles, args.rounds, args.child)
@@ -119,7 +120,7 @@ def main() -> None:
                              f"sys {m['sys_s']:.1f} s of {m['wall_s']:.1f} s  "
                              f"(peak RSS {r['peak_rss_mib']:.0f} MiB)\n")
     if args.json:
-        from superres.fs import atomic_write
+        from superres.io.fs import atomic_write
         atomic_write(args.json, json.dumps(results, indent=2).encode())
 
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from superres.archs import build_generator
-from superres.config import load_config
-from superres.losses import pixel_loss
-from superres.train import ema_update, lr_lambda, pick_device, pick_precision
+from superres.training.config import load_config
+from superres.training.losses import pixel_loss
+from superres.training.loop import ema_update, lr_lambda, pick_device, pick_precision
 
 TARGET_RATIO = 1.8
 

@@ -40,7 +40,7 @@ def child(width: int, height: int, tile: int | None, stand_in: bool) -> None:
 
     from superres.archs import build_generator
     from superres.archs.spec import strip_tail_bytes
-    from superres.upscale import Upscaler
+    from superres.inference.upscaler import Upscaler
 
     torch.manual_seed(0)
     if stand_in:

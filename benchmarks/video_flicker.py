@@ -49,10 +49,10 @@ def decode(path: Path) -> list[np.ndarray]:
 def main() -> int:
     from PIL import Image
 
-    from superres.degrade import imresize
-    from superres.models import MODELS
-    from superres.upscale import Upscaler
-    from superres.video import VideoOptions, temporal_difference, upscale_video
+    from superres.data.resize import imresize
+    from superres.inference.models import MODELS
+    from superres.inference.upscaler import Upscaler
+    from superres.apps.video import VideoOptions, temporal_difference, upscale_video
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image", default="examples/chelsea.png")

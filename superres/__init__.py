@@ -6,8 +6,7 @@ Public API:
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 
 
 def build_generator(name, **hparams):
@@ -20,7 +19,7 @@ def build_generator(name, **hparams):
 
 def load_model(name_or_path=None, **kwargs):
     """Load a shipped model by name (e.g. "psnr-x4") or a weights file; see superres.inference.Upscaler."""
-    from .inference import Upscaler
+    from .inference.upscaler import Upscaler
 
     return Upscaler.from_pretrained(name_or_path, **kwargs)
 

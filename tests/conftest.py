@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from superres.archs import build_generator
-from superres.weights import save_weights
+from superres.inference.weights import save_weights
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from torch import nn
 
 from superres.archs import GENERATORS, build_generator
 from superres.archs.rrdbnet import convert_esrgan_trunk
-from superres.weights import WeightsError, detect_arch, load_generator, read_state_dict, save_weights
+from superres.inference.weights import WeightsError, detect_arch, load_generator, read_state_dict, save_weights
 
 TINY = {"msrresnet": dict(num_feat=8, num_block=2), "rrdbnet": dict(num_feat=8, num_block=1, num_grow_ch=4),
         "compact": dict(num_feat=8, num_conv=2)}
@@ -150,7 +150,7 @@ def test_pth_is_loaded_without_unpickling_code(tmp_path, capsys):
 
 
 def test_one_pixel_image_upscales(tmp_path):
-    from superres.upscale import Upscaler
+    from superres.inference.upscaler import Upscaler
 
     model = build_generator("msrresnet", upscale=4, **TINY["msrresnet"])
     up = Upscaler(model, {"arch": "msrresnet", "scale": 4}, precision="fp32", tile=0)

@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from superres import bench
+from superres.apps import bench
 from superres.archs import build_generator
-from superres.cli import main
-from superres.models import MODELS
-from superres.weights import save_weights
+from superres.apps.cli import main
+from superres.inference.models import MODELS
+from superres.inference.weights import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_flops_of_grouped_transposed_and_linear_layers():
 
 
 def test_flops_of_the_tiny_compact_net(tiny_path):
-    from superres.weights import load_generator
+    from superres.inference.weights import load_generator
 
     model, _ = load_generator(tiny_path)
     assert bench.count_flops_per_pixel(model, 3) == TINY_FLOPS_PER_PIXEL
@@ -84,7 +84,7 @@ def test_flops_of_the_tiny_compact_net(tiny_path):
 def test_flops_of_psnr_x4_match_the_issue():
     # issue 18: MSRResNet 64x16 x4 costs 317 kFLOP per output pixel. By hand, per output pixel:
     # LR convs (3->64, 32 x 64->64, 64->256) / 16, the x2 stage's 64->256 / 4, then 64->64 and 64->3 at HR
-    from superres.weights import load_generator
+    from superres.inference.weights import load_generator
 
     model, _ = load_generator(MODELS["psnr-x4"].path)
     lr = 2 * 9 * (3 * 64 + 32 * 64 * 64 + 64 * 256)
@@ -215,7 +215,7 @@ def test_unknown_model_exits_2_before_measuring(tmp_path, caplog):
 
 
 def test_bench_help_does_not_import_torch():
-    code = ("import sys; from superres.cli import build_parser; "
+    code = ("import sys; from superres.apps.cli import build_parser; "
             "build_parser('bench').parse_known_args(['bench']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -227,7 +227,7 @@ def test_bench_help_does_not_import_torch():
                     reason="psnr-x2 is not shipped in this build")
 def test_int8_rows_measure_the_int8_model_against_the_fp32_reference(tmp_path):
     pytest.importorskip("onnxruntime")
-    from superres.weights import load_generator
+    from superres.inference.weights import load_generator
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", "psnr-x2", "--precision", "int8", "--size", "8", "--quick", "--repeats", "1",
@@ -279,8 +279,8 @@ def test_quality_column_scores_the_model_as_benched(tmp_path, tiny_path, capsys)
     """--quality puts the eval protocol's PSNR / SSIM beside the speed, for the Upscaler as benched."""
     from PIL import Image
 
-    from superres.evaluate import evaluate_pairs, load_pairs
-    from superres.inference import Upscaler
+    from superres.evaluation.protocol import evaluate_pairs, load_pairs
+    from superres.inference.upscaler import Upscaler
 
     hr = tmp_path / "photos"
     hr.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from superres.cli import COMMANDS, build_parser, main
+from superres.apps.cli import COMMANDS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,9 +21,9 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="Ray is not installed (the [cluster] extra)")
 
 from superres.archs import build_generator  # noqa: E402
-from superres.cli import main  # noqa: E402
-from superres.cluster import UpscaleWorker, run_on_ray  # noqa: E402
-from superres.weights import save_weights  # noqa: E402
+from superres.apps.cli import main  # noqa: E402
+from superres.apps.cluster import UpscaleWorker, run_on_ray  # noqa: E402
+from superres.inference.weights import save_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from superres.config import (Config, ConfigError, config_digest, config_to_toml, load_config,
-                             uses_discriminator)
+from superres.training.config import Config, ConfigError, config_digest, config_to_toml, load_config, uses_discriminator
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
 
@@ -35,7 +34,7 @@ _BAD_JPEG_ERROR = ("degrade.jpeg_quality = [0.0, 500.0]: expected [low, high] wi
 
 def test_validation_in_a_fresh_interpreter_checks_every_section():
     """Nothing but superres.config imported: the degrade checks must run all the same."""
-    code = "\n".join(["from superres.config import ConfigError, load_config",
+    code = "\n".join(["from superres.training.config import ConfigError, load_config",
                       "try:",
                       f"    load_config(None, [{_BAD_JPEG!r}])",
                       "    print('accepted')",
@@ -49,8 +48,8 @@ def test_validation_in_a_fresh_interpreter_checks_every_section():
 
 
 def test_validation_after_importing_everything_gives_the_same_verdict():
-    import superres.degrade  # noqa: F401  (it used to register its check on import)
-    import superres.train  # noqa: F401
+    import superres.data.degrade  # noqa: F401  (it used to register its check on import)
+    import superres.training.loop  # noqa: F401
 
     with pytest.raises(ConfigError) as e:
         load_config(None, [_BAD_JPEG])
@@ -58,10 +57,10 @@ def test_validation_after_importing_everything_gives_the_same_verdict():
 
 
 def test_choice_lists_come_from_their_registries():
-    from superres import runtime
+    from superres.inference import runtime
     from superres.archs import GENERATORS
-    from superres.config import allowed_choices
-    from superres.losses import GAN_LOSSES
+    from superres.training.config import allowed_choices
+    from superres.training.losses import GAN_LOSSES
 
     choices = allowed_choices()
     assert choices["losses.gan_type"] == tuple(GAN_LOSSES)

@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from superres.cli import main as cli_main
-from superres.data import (IndexStreamSampler, PatchDataset, bicubic_lr_crop, crop_positions, extract_subimages,
-                           load_rgb_uint8)
-from superres.degrade import imresize
+from superres.apps.cli import main as cli_main
+from superres.data.datasets import IndexStreamSampler, PatchDataset, bicubic_lr_crop, crop_positions, extract_subimages, load_rgb_uint8
+from superres.data.resize import imresize
 
 SCALE, PATCH = 4, 32
 # Sizes that are not multiples of the scale, so the mod-crop matters, plus one too small to use.
@@ -217,7 +216,7 @@ def test_degrade_command_writes_the_lr_image(tmp_path):
 
 
 def test_split_holdout_is_fixed_by_the_sorted_names():
-    from superres.data import split_holdout
+    from superres.data.datasets import split_holdout
     paths = [Path(f"{i:02d}.png") for i in range(25)]
     kept, held = split_holdout(paths, 10)
     assert [p.name for p in held] == ["09.png", "19.png"]
@@ -228,8 +227,8 @@ def test_split_holdout_is_fixed_by_the_sorted_names():
 def test_readers_wrap_read_image_with_their_conversions(tmp_path):
     """Training gets 3 channels, the benchmark keeps gray gray; both round 16 bits to 8 and apply
     EXIF orientation, alpha dropped."""
-    from superres.evaluate import read_image as read_benchmark
-    from superres.images import ImageData, write_image
+    from superres.evaluation.protocol import read_image as read_benchmark
+    from superres.io.images import ImageData, write_image
 
     gray16 = np.array([[0, 128, 129, 65535], [257, 383, 384, 1000]], np.uint16)[..., None]
     write_image(tmp_path / "g.png", ImageData(gray16))
@@ -248,7 +247,7 @@ def test_readers_wrap_read_image_with_their_conversions(tmp_path):
 
 
 def test_one_lr_hr_name_matcher():
-    from superres.data import hr_key, lr_key
+    from superres.data.datasets import hr_key, lr_key
 
     for lr in ("baby", "babyx4", "baby_x4", "baby-x4", "baby.x4", "baby_x4_LR", "baby_LR", "baby_bicubic",
                "BABY_X4"):

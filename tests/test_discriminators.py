@@ -6,7 +6,7 @@ import torch
 
 from superres.archs import (DISCRIMINATORS, build_discriminator, discriminator_hparams,
                             discriminator_input_error)
-from superres.config import ConfigError, load_config
+from superres.training.config import ConfigError, load_config
 
 # A patch size each registry entry accepts, and the logit shape it gives for it.
 SIZES = {"vgg128": 128, "vgg256": 256, "unet": 32, "patchgan": 32}

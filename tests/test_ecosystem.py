@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from superres.archs import build_generator
-from superres.models import MODELS
-from superres.weights import load_generator, save_weights
+from superres.inference.models import MODELS
+from superres.inference.weights import load_generator, save_weights
 
 if importlib.util.find_spec("spandrel") is None:
     pytest.skip("spandrel is not installed (.ci/run installs it with --no-deps: it requires "

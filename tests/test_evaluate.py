@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from superres import evaluate as ev
-from superres import metrics as M
-from superres.cli import main
-from superres.evaluate import (bicubic_upscaler, dataset_name, evaluate_pairs, load_pairs, markdown_table,
-                               read_image)
+from superres.evaluation import protocol as ev
+from superres.evaluation import metrics as M
+from superres.apps.cli import main
+from superres.evaluation.protocol import bicubic_upscaler, dataset_name, evaluate_pairs, load_pairs, read_image
+from superres.apps.eval import markdown_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCH = DATA / "benchmarks"
@@ -96,7 +96,7 @@ def tiny_model(tmp_path_factory):
     import torch
 
     from superres.archs import build_generator
-    from superres.weights import save_weights
+    from superres.inference.weights import save_weights
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
@@ -266,7 +266,7 @@ def test_degraded_track_is_a_function_of_seed_and_file_name(tmp_path, degrade):
     alone = load_pairs(tmp_path / "b", 4, degrade=degrade, seed=5)
     np.testing.assert_array_equal(alone[0].lr, a[1].lr)
     # The same numbers the degrade command uses: degrade_image seeded by image_seed.
-    from superres.degrade import degrade_image, image_seed
+    from superres.data.degrade import degrade_image, image_seed
     np.testing.assert_array_equal(a[0].lr, degrade_image(a[0].hr, degrade, 4, image_seed(5, "img0.png")))
 
 
@@ -350,7 +350,7 @@ def test_cli_no_reference_refuses_what_needs_ground_truth(tmp_path, extra, messa
 
 def test_cli_int8_rows_are_labelled_and_close_to_fp32(tmp_path, caplog):
     pytest.importorskip("onnxruntime")
-    from superres.models import MODELS
+    from superres.inference.models import MODELS
 
     if not MODELS["psnr-x4"].available:
         pytest.skip("psnr-x4 is not shipped in this build")

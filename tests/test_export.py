@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from superres.archs import build_generator
-from superres.checkpoint import checkpoint_path, save_train_state
-from superres.cli import main as cli_main
-from superres.config import config_digest, load_config, save_config
-from superres.export import (ExportError, export_run, interpolate_files, interpolate_state_dicts,
-                             last_validation_record)
-from superres.weights import load_generator, save_weights
+from superres.training.checkpoint import checkpoint_path, save_train_state
+from superres.apps.cli import main as cli_main
+from superres.training.config import config_digest, load_config, save_config
+from superres.training.export import ExportError, export_run, interpolate_files, last_validation_record
+from superres.inference.interpolate import interpolate_state_dicts
+from superres.inference.weights import load_generator, save_weights
 
 TINY = ["model.arch=msrresnet", "model.scale=4", "model.hparams={num_feat = 8, num_block = 1}"]
 
@@ -194,7 +194,7 @@ def test_onnx_round_trip(run_dir, tmp_path):
 
 KILL_DURING_ONNX = """
 import os, signal, sys
-import superres.export as E
+import superres.training.export as E
 
 E._require_onnx_tools = lambda: None  # the kill comes first: the tools need not be installed
 
@@ -225,7 +225,7 @@ def test_export_with_onnx_writes_both_files_or_neither(run_dir, tmp_path, monkey
 
     # a failed ONNX check: neither file, no temp left (the killed run's are named and removed), and
     # an earlier export stays as it was
-    import superres.export as export_mod
+    import superres.training.export as export_mod
 
     save_weights(out, _tiny(7))
     before = out.read_bytes()
@@ -298,7 +298,7 @@ def test_interpolate_mismatched_archs(tmp_path):
 
 
 def test_source_metadata_is_portable(tmp_path, monkeypatch):
-    from superres.export import portable_path
+    from superres.training.export import portable_path
 
     monkeypatch.chdir(tmp_path)
     assert portable_path("runs/a/checkpoints/ckpt_00000010.pt") == "runs/a/checkpoints/ckpt_00000010.pt"

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import superres.upscale as upscale_mod
-from superres.cli import main
-from superres.upscale import Upscaler, add_upscale_arguments, upscale_file, upscale_files
+import superres.apps.filejob as upscale_mod
+from superres.apps.cli import main
+from superres.inference.upscaler import Upscaler
+from superres.apps.filejob import upscale_file, upscale_files
+from superres.apps.upscale import add_upscale_arguments
 
 RNG = np.random.default_rng(18)
 WAIT = 30   # seconds: only a safety net against a hang; a passing run never waits this long
@@ -45,7 +47,7 @@ def _folder(path, names, size=(10, 12)):
 
 
 def _messages(caplog, level=logging.INFO):
-    return [r.getMessage() for r in caplog.records if r.levelno >= level and r.name == "superres.upscale"]
+    return [r.getMessage() for r in caplog.records if r.levelno >= level and r.name.startswith("superres.apps.")]
 
 
 def _leftovers(folder):
@@ -170,17 +172,17 @@ def test_the_next_file_is_read_and_the_previous_written_while_the_model_works(tm
         assert furthest_read <= i + 1, f"file {i}: file {furthest_read} was read ahead too far"
 
 
-def test_two_inputs_for_one_output_are_resolved_in_input_order(tmp_path, model_path, caplog):
-    """a.jpg and a.png both become a.png with --format png: as in a one-by-one loop, the first is
-    written and the second skipped (it exists by then), even though its read ran early."""
+def test_two_inputs_for_one_output_are_refused_before_anything_runs(tmp_path, model_path, caplog):
+    """a.jpg and a.png both become a.png with --format png: one of them would never be produced, so
+    the run is refused with both named (exit 2) and writes nothing."""
     src = tmp_path / "in"
     _folder(src, ["a.jpg", "a.png"])
     report = tmp_path / "r.json"
     caplog.set_level(logging.INFO)
-    assert _cli(model_path, src, "-o", tmp_path / "out", "--format", "png", "--report", report) == 0
-    assert [e["status"] for e in json.loads(report.read_text())] == ["ok", "skipped"]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
-    assert "1 written, 1 skipped (output exists), 0 failed" in _messages(caplog)
+    assert _cli(model_path, src, "-o", tmp_path / "out", "--format", "png", "--report", report) == 2
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not report.exists()
+    assert any("a.jpg" in m and "a.png" in m and "would both be written" in m for m in _messages(caplog))
 
 
 def test_ctrl_c_lets_the_write_in_flight_finish_and_reports_it(tmp_path, model_path, monkeypatch, caplog):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from superres.fs import atomic_write, atomic_write_with, remove_stale_temp_files, temp_file_target
+from superres.io.fs import atomic_write, atomic_write_with, remove_stale_temp_files, temp_file_target
 
 
 def test_atomic_write_bytes_and_permissions(tmp_path):
@@ -46,7 +46,7 @@ def test_writer_result_is_returned_and_errors_name_the_destination(tmp_path):
 
 
 def test_a_killed_writers_temp_file_is_removed_by_the_next_run(tmp_path):
-    code = ("import os, sys; from superres.fs import atomic_write_with; "
+    code = ("import os, sys; from superres.io.fs import atomic_write_with; "
             "atomic_write_with(sys.argv[1], lambda tmp: os._exit(9))")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.safetensors")], env=env)

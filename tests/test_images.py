@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from superres.images import (ImageData, ImageError, ImageInfo, decode_image, encode_image, image_from_array,
-                             image_from_pil,
-                             probe_image, read_image, remove_stale_temp_files, write_image)
+from superres.io.fs import remove_stale_temp_files
+from superres.io.images import (ImageData, ImageError, ImageInfo, decode_image, encode_image, image_from_array,
+                                image_from_pil, probe_image, read_image, write_image)
 
 RNG = np.random.default_rng(1234)
 EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp"}
@@ -409,7 +409,7 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
 
 
 def test_write_image_leaves_no_temp_file_when_interrupted(tmp_path, monkeypatch):
-    import superres.images as images_mod
+    import superres.io.images as images_mod
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -3,12 +3,7 @@ for upscale / eval / training samples, and sharing an Upscaler between threads."
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +13,9 @@ from PIL import Image
 from torch import nn
 
 from superres.archs import build_generator
-from superres.evaluate import evaluate_generator, generator_upscaler
-from superres.inference import Upscaler, upscale_tensor
+from superres.evaluation.protocol import evaluate_generator, generator_upscaler
+from superres.inference.upscaler import Upscaler
+from superres.inference.core import upscale_tensor
 
 RRDB_TINY = dict(num_feat=8, num_block=1, num_grow_ch=4)
 
@@ -70,7 +66,7 @@ def test_odd_size_x2_rrdbnet_evaluation(tmp_path):
 
 
 def test_training_samples_take_odd_lr_sizes(tmp_path):
-    from superres.train import save_samples
+    from superres.training.loop import save_samples
 
     rng = np.random.default_rng(0)
     (tmp_path / "hr").mkdir()
@@ -116,7 +112,7 @@ def test_bf16_runs_under_autocast_and_returns_float32():
 def test_non_finite_low_precision_output_is_recomputed_in_fp32(caplog):
     probe = _Probe(nan_under_autocast=True)
     x = torch.rand(1, 3, 6, 5)
-    with caplog.at_level(logging.WARNING, logger="superres.inference"):
+    with caplog.at_level(logging.WARNING, logger="superres.inference.upscaler"):
         y = upscale_tensor(probe, x, amp_dtype=torch.bfloat16)
     assert [on for on, _ in probe.seen] == [True, False]   # the bf16 try, then the fp32 rerun
     assert torch.isfinite(y).all()
@@ -193,7 +189,7 @@ class _FakeLibc:
 @pytest.fixture
 def fresh_allocator_state(monkeypatch):
     """As if no Upscaler had been made in this process yet; glibc pretended, malloc untouched."""
-    from superres import inference
+    from superres.inference import core as inference
 
     libc = _FakeLibc()
     monkeypatch.setattr(inference, "_allocator_configured", None)
@@ -211,10 +207,13 @@ def _tiny_x2() -> nn.Module:
 
 @pytest.mark.parametrize("tile", [None, 128, 256])
 def test_cpu_upscaler_sets_mallopt_once_per_process(fresh_allocator_state, tile):
-    from superres import inference
+    from superres.inference import core as inference
 
-    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile)
-    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile)
+    up = Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile)
+    # building one changes nothing in the process: the applications ask for it
+    assert fresh_allocator_state.calls == [] and not inference.host_allocator_configured()
+    assert up.tune_host_allocator()
+    Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=tile).tune_host_allocator()
     # mmap off (M_MMAP_MAX = 0) and trimming off (M_TRIM_THRESHOLD = -1), once
     assert fresh_allocator_state.calls == [(-4, 0), (-1, -1)]
     assert inference.host_allocator_configured()
@@ -225,24 +224,24 @@ def test_big_tiles_and_whole_images_leave_malloc_alone(fresh_allocator_state, ti
     """A heap that is never given back fragments under blocks of many sizes (10.9 GB instead of
     4.4 GB for psnr-x4 at 512 tiles, 2000x1500, when its tail still ran whole): whole images and
     tiles over the CPU budget (psnr-x4: 528) keep glibc's way."""
-    from superres import inference
+    from superres.inference import core as inference
 
     psnr_x4 = build_generator("msrresnet", num_feat=64, num_block=1, upscale=4)
-    Upscaler(psnr_x4, device="cpu", precision="fp32", tile=tile)
+    assert not Upscaler(psnr_x4, device="cpu", precision="fp32", tile=tile).tune_host_allocator()
     assert fresh_allocator_state.calls == [] and not inference.host_allocator_configured()
 
 
 def test_the_malloc_budget_is_in_bytes_not_sides(fresh_allocator_state):
     """A 512 tile of a compact x4 net holds less than psnr-x4's 256 tile: it reuses freed memory."""
-    from superres import inference
+    from superres.inference import core as inference
 
     compact = build_generator("compact", num_feat=64, num_conv=2, upscale=4)
-    Upscaler(compact, device="cpu", precision="fp32", tile=512)
+    Upscaler(compact, device="cpu", precision="fp32", tile=512).tune_host_allocator()
     assert inference.host_allocator_configured()
 
 
 def test_automatic_cpu_tile_is_sized_by_the_architectures_memory(monkeypatch):
-    from superres import inference
+    from superres.inference import core as inference
 
     model = _tiny_x2()
     monkeypatch.setattr(inference, "_available_host_memory", lambda: 64 << 30)
@@ -289,7 +288,7 @@ def test_automatic_cpu_tile_is_sized_by_the_architectures_memory(monkeypatch):
 
 @pytest.mark.parametrize("case", ["musl", "macos", "opt-out", "refused"])
 def test_allocator_left_alone_where_it_cannot_or_should_not_change(fresh_allocator_state, monkeypatch, case):
-    from superres import inference
+    from superres.inference import core as inference
 
     if case == "musl":
         monkeypatch.setattr(inference.platform, "libc_ver", lambda *a, **k: ("", ""))
@@ -308,78 +307,8 @@ def test_allocator_left_alone_where_it_cannot_or_should_not_change(fresh_allocat
     assert out.shape == (12, 10, 3) and out.dtype == np.uint8
 
 
-_FAULTS_SCRIPT = """
-import resource, sys, torch
-from superres.archs import build_generator
-from superres.inference import Upscaler, host_allocator_configured
-Upscaler(build_generator("msrresnet", num_feat=8, num_block=1, upscale=2), device="cpu", precision="fp32")
-
-def faults_of_a_64mb_buffer():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t = torch.ones(16 << 20)
-    del t
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-counts = sorted(faults_of_a_64mb_buffer() for _ in range(8))
-print(host_allocator_configured(), counts[len(counts) // 2])
-"""
-
-
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
-                    reason="the mallopt settings are glibc's")
-@pytest.mark.parametrize("keep", ["1", "0"])
-def test_freed_tile_memory_is_reused_not_faulted_in_again(keep):
-    """The real effect, in a fresh process: a 64 MB buffer (16384 pages) allocated and freed again and
-    again is page-faulted in every time with glibc's defaults, and (after the first few) not at all
-    once an Upscaler has configured malloc."""
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "SUPERRES_KEEP_FREED_MEMORY": keep, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
-                         check=True, timeout=120).stdout.split()
-    configured, median_faults = out[0] == "True", int(out[1])
-    assert configured == (keep == "1")
-    if configured:
-        assert median_faults < 100
-    else:
-        assert median_faults > 16000
-
-
-_TRIM_SCRIPT = """
-import sys, torch
-from superres.archs import build_generator
-from superres.inference import Upscaler, release_host_memory
-
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-Upscaler(build_generator("msrresnet", num_feat=8, num_block=1, upscale=2), device="cpu", precision="fp32")
-start = rss_mib()
-big = [torch.ones(32 << 20) for _ in range(4)]   # 512 MB in blocks of 128 MB, as a big tile's maps
-del big
-kept = rss_mib()
-print(start, kept, release_host_memory(), rss_mib())
-"""
-
-
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
-                    reason="the mallopt settings are glibc's")
-def test_kept_memory_is_given_back_on_request():
-    """Freed memory kept for reuse stays in the process (what makes tiles fast) until
-    release_host_memory, which `superres serve` calls whenever its queue is empty."""
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUPERRES_KEEP_FREED_MEMORY": "1",
-           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", _TRIM_SCRIPT], env=env, capture_output=True, text=True,
-                         check=True, timeout=120).stdout.split()
-    start, kept, released, after = float(out[0]), float(out[1]), out[2] == "True", float(out[3])
-    assert kept - start > 400 and released
-    assert after - start < 50
-
-
 def test_nothing_is_released_where_malloc_was_not_configured(fresh_allocator_state):
-    from superres import inference
+    from superres.inference import core as inference
 
     Upscaler(_tiny_x2(), device="cpu", precision="fp32", tile=0)   # whole images leave malloc alone
     assert not inference.release_host_memory()
@@ -388,7 +317,7 @@ def test_nothing_is_released_where_malloc_was_not_configured(fresh_allocator_sta
 def test_same_size_frames_still_batch_up_to_the_old_area(monkeypatch):
     """Video frames batch by the memory-based size up to MAX_AUTO_TILE, not by the CPU tile cap: 8
     frames of 100x100 (80000 px, over 256^2 but under 512^2) go through in one forward."""
-    from superres import inference
+    from superres.inference import core as inference
 
     monkeypatch.setattr(inference, "_available_host_memory", lambda: 64 << 30)
     up = Upscaler(_tiny_x2(), device="cpu", precision="fp32")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from superres import losses as L
+from superres.training import losses as L
 
 # ---------------------------------------------------------------------------------------------
 # pixel

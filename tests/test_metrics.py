@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from superres import metrics as M
-from superres.degrade import imresize
-from superres.evaluate import read_image
+from superres.evaluation import metrics as M
+from superres.data.resize import imresize
+from superres.evaluation.protocol import read_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCH = DATA / "benchmarks"

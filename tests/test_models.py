@@ -13,10 +13,10 @@ import torch
 
 from superres import load_model
 from superres.archs import build_generator
-from superres.evaluate import bicubic_upscaler, evaluate_pairs, generator_upscaler, load_pairs
-from superres.models import MODELS, default_model_name
-from superres.upscale import Upscaler
-from superres.weights import load_generator
+from superres.evaluation.protocol import bicubic_upscaler, evaluate_pairs, generator_upscaler, load_pairs
+from superres.inference.models import MODELS, default_model_name
+from superres.inference.upscaler import Upscaler
+from superres.inference.weights import load_generator
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -19,11 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-import superres.upscale as upscale_mod
+import superres.apps.filejob as upscale_mod
+from superres.inference.upscaler import Upscaler as _Upscaler
 from superres.archs import build_generator
-from superres.cli import main
-from superres.images import ImageData, encode_image, read_image
-from superres.weights import save_weights
+from superres.apps.cli import main
+from superres.io.images import ImageData, encode_image, read_image
+from superres.inference.weights import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(14)
@@ -97,13 +98,14 @@ def _refused_files(folder: Path) -> dict[str, str]:
         "16-bit PNG header claiming 400 MP")
     rows = b"".join(b"\0" + bytes(8000 * 3) for _ in range(8000))   # filter byte + one black row
     put("bomb.png", _png(8000, 8000, idat=zlib.compress(rows, 9)), "real 64 MP bomb of 190 KB")
-    put("bomb.gif", b"GIF89a" + struct.pack("<HHBBB", 60000, 60000, 0, 0, 0) + b","
+    put("bomb2.gif", b"GIF89a" + struct.pack("<HHBBB", 60000, 60000, 0, 0, 0) + b","
         + struct.pack("<HHHHB", 0, 0, 60000, 60000, 0) + b"\x02\x02\x44\x01\x00;", "GIF bomb header")
     put("too_big_output.png", _encoded(RNG.integers(0, 256, (300, 300, 3), dtype=np.uint8), "PNG"),
         "result over --max-output-pixels")
     for fmt, ext in (("GIF", "gif"), ("TIFF", "tif"), ("BMP", "bmp"), ("WEBP", "webp")):
         data = _encoded(big, fmt)
-        put(f"truncated.{ext}", data[:len(data) // 3], f"truncated {fmt}")
+        # distinct stems: GIF and WEBP inputs are written as PNG, and two inputs never share an output
+        put(f"truncated_{ext}.{ext}", data[:len(data) // 3], f"truncated {fmt}")
     (folder / "broken_link.png").symlink_to(folder / "deleted.png")
     kinds["broken_link.png"] = "broken symbolic link in a folder"
     os.mkfifo(folder / "pipe.png")
@@ -193,7 +195,7 @@ def test_out_of_memory_is_one_line_and_the_batch_goes_on(tmp_path, model_path, c
     src.mkdir()
     for name in ("a.png", "b.png", "c.png"):
         Image.fromarray(_rgb()).save(src / name)
-    real = upscale_mod.Upscaler.upscale_image
+    real = _Upscaler.upscale_image
     failures = {"a.png": MemoryError("Unable to allocate 9.31 GiB for an array"),
                 "b.png": RuntimeError("[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't "
                                       "allocate memory: you tried to allocate 40000000000 bytes.")}
@@ -205,7 +207,7 @@ def test_out_of_memory_is_one_line_and_the_batch_goes_on(tmp_path, model_path, c
             raise e
         return real(self, img, **kw)
 
-    monkeypatch.setattr(upscale_mod.Upscaler, "upscale_image", upscale_image)
+    monkeypatch.setattr(_Upscaler, "upscale_image", upscale_image)
     assert _cli(model_path, src, "-o", tmp_path / "out") == 1
     errors = _errors(caplog)
     assert len(errors) == 2 and all("out of memory" in e and "--tile" in e for e in errors), errors
@@ -222,7 +224,7 @@ def no_compute(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(upscale_mod.Upscaler, "from_pretrained", forbidden)
+    monkeypatch.setattr(_Upscaler, "from_pretrained", forbidden)
 
 
 @pytest.mark.parametrize("option", [["--quality", "0"], ["--quality", "101"], ["--outscale", "0"],
@@ -377,7 +379,7 @@ def test_ctrl_c_while_writing_leaves_no_temp_file(tmp_path, model_path, caplog, 
     def write_image(path, img, **kw):
         calls.append(path)
         if len(calls) == 2:   # Ctrl-C in the middle of the second file's encoding
-            monkeypatch.setattr("superres.images._write_png", _interrupt)
+            monkeypatch.setattr("superres.io.images._write_png", _interrupt)
         return real(path, img, **kw)
 
     monkeypatch.setattr(upscale_mod, "write_image", write_image)
@@ -398,7 +400,7 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["upscale", "--quality", "0", "a.png", "-o", "b.png"],
                                   ["upscale"], ["upscale", "--help"]])
 def test_help_version_and_usage_errors_do_not_import_torch(argv):
-    code = ("import sys\nfrom superres.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+    code = ("import sys\nfrom superres.apps.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
             "    sys.stderr.write(f'exit={e.code} torch={\"torch\" in sys.modules}')\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env,
@@ -409,7 +411,7 @@ def test_help_version_and_usage_errors_do_not_import_torch(argv):
 
 
 def test_interpolate_takes_model_names(tmp_path, monkeypatch):
-    from superres import models
+    from superres.inference import models
 
     torch.manual_seed(1)
     for name in ("a", "b"):
@@ -451,3 +453,90 @@ def test_prepare_skips_images_smaller_than_the_crop(tmp_path, caplog):
     assert not list((tmp_path / "sub").glob("small_*")) and list((tmp_path / "sub").glob("big_*"))
     assert any("small.png: 200x30 is smaller than --crop 48; skipped" in r.getMessage()
                for r in caplog.records if r.levelno == logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# no output or report ever replaces an input or another output of the same run
+
+def _tiny_weights(tmp_path) -> Path:
+    path = tmp_path / "tiny.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_weights(path, build_generator("msrresnet", upscale=2, num_feat=8, num_block=1))
+    return path
+
+
+def _img(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_same_named_inputs_from_two_folders_both_get_an_output(tmp_path):
+    """Camera folders DCIM/100 and DCIM/101 both hold IMG_0001.png: each output goes under its input's
+    folder name, both are written, and --overwrite cannot make one replace the other."""
+    a, b = _img(tmp_path / "DCIM/100/IMG_0001.png", 1), _img(tmp_path / "DCIM/101/IMG_0001.png", 2)
+    _img(tmp_path / "DCIM/101/IMG_0002.png", 3)
+    out = tmp_path / "out"
+    for extra in ([], ["--overwrite"]):
+        rc = main(["upscale", str(a.parent), str(b.parent), "-o", str(out) + "/", "--model",
+                   str(_tiny_weights(tmp_path)), "--no-progress", *extra])
+        assert rc == 0
+        got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+        assert got == ["100/IMG_0001.png", "101/IMG_0001.png", "101/IMG_0002.png"]
+        one, two = (np.asarray(Image.open(out / d / "IMG_0001.png")) for d in ("100", "101"))
+        assert one.shape == (16, 20, 3) and not np.array_equal(one, two)   # two different results
+
+
+def test_same_named_files_in_two_folders_are_mirrored(tmp_path):
+    a, b = _img(tmp_path / "a/x.png", 1), _img(tmp_path / "b/x.png", 2)
+    out = tmp_path / "out"
+    assert main(["upscale", str(a), str(b), "-o", str(out), "--model", str(_tiny_weights(tmp_path)),
+                 "--no-progress"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a/x.png", "b/x.png"]
+
+
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_report_never_replaces_an_image_of_the_run(tmp_path, caplog, which):
+    src = _img(tmp_path / "in/x.png", 1)
+    out = tmp_path / "out"
+    _img(out / "x.png", 9)   # an output from an earlier run, replaced only by its own image
+    before = {p: p.read_bytes() for p in (src, out / "x.png")}
+    report = src if which == "input" else out / "x.png"
+    rc = main(["upscale", str(src), "-o", str(out) + "/", "--overwrite", "--report", str(report),
+               "--model", str(_tiny_weights(tmp_path)), "--no-progress"])
+    assert rc == 2
+    assert {p: p.read_bytes() for p in before} == before
+    assert any(f"names an {which} of this run" in r.getMessage() for r in caplog.records)
+
+
+def test_report_in_an_unwritable_place_is_refused_before_compute(tmp_path, monkeypatch, caplog):
+    src = _img(tmp_path / "x.png", 1)
+    monkeypatch.setattr(_Upscaler, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    # the report's folder is a file: found before the model loads, not after all the compute
+    rc = main(["upscale", str(src), "-o", str(tmp_path / "y.png"), "--report", str(src / "r.json"),
+               "--model", str(_tiny_weights(tmp_path)), "--no-progress"])
+    assert rc == 2 and not (tmp_path / "y.png").exists()
+
+
+@pytest.mark.parametrize("how", ["same-name", "folder"])
+def test_video_output_never_replaces_its_input(tmp_path, monkeypatch, caplog, how):
+    av = pytest.importorskip("av")
+    clip = tmp_path / "same.mp4"
+    with av.open(str(clip), "w") as c:
+        s = c.add_stream("libx264", rate=5)
+        s.width, s.height, s.pix_fmt = 16, 16, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 40 * i, np.uint8), format="rgb24")
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    before = clip.read_bytes()
+    monkeypatch.setattr(_Upscaler, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.chdir(tmp_path)
+    out = "same.mp4" if how == "same-name" else "./"
+    rc = main(["upscale", "same.mp4", "-o", out, "--overwrite", "--model", str(_tiny_weights(tmp_path)),
+               "--no-progress"])
+    assert rc == 2 and clip.read_bytes() == before
+    assert any("names the input video" in r.getMessage() for r in caplog.records)

@@ -17,8 +17,8 @@ pytest.importorskip("httpx", reason="httpx (FastAPI's TestClient) is not install
 from fastapi.testclient import TestClient  # noqa: E402
 
 from superres.archs import build_generator  # noqa: E402
-from superres.serve import ModelPool, Service, ServiceConfig, create_app  # noqa: E402
-from superres.upscale import Upscaler  # noqa: E402
+from superres.apps.serve import ModelPool, Service, ServiceConfig, create_app  # noqa: E402
+from superres.inference.upscaler import Upscaler  # noqa: E402
 
 
 def _tiny(scale: int = 4) -> Upscaler:
@@ -226,7 +226,7 @@ def test_job_lifecycle(make_client):
 def test_an_idle_worker_gives_the_heap_back(make_client, monkeypatch):
     """CPU tiles keep freed memory for reuse; the server hands it back once nothing is queued, so
     one big upload does not hold the process at its peak until it exits."""
-    from superres import inference
+    from superres.inference import core as inference
 
     released = []
     monkeypatch.setattr(inference, "release_host_memory", lambda: released.append(time.monotonic()) or True)
@@ -290,7 +290,7 @@ def test_finished_jobs_expire(make_client):
 def test_shutdown_cancels_queued_and_running_jobs():
     service = Service(ModelPool(upscalers={"slow": _slow(0.05, tile=8)}), ServiceConfig(queue=4))
     service.start()
-    from superres.serve import Job
+    from superres.apps.serve import Job
     jobs = [service.submit(Job(id=str(i), data=_png(size=(64, 64)), filename="a.png", model="slow",
                                strength=None, outscale=None, format=None, quality=95)) for i in range(3)]
     t0 = time.monotonic()

@@ -26,8 +26,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 import uvicorn  # noqa: E402
 
 from superres.archs import build_generator  # noqa: E402
-from superres.serve import ModelPool, ServiceConfig, create_app  # noqa: E402
-from superres.upscale import Upscaler  # noqa: E402
+from superres.apps.serve import ModelPool, ServiceConfig, create_app  # noqa: E402
+from superres.inference.upscaler import Upscaler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SUPERRES_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

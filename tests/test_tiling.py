@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from superres.archs import build_generator
-from superres.tiling import count_tiles, feather_weights, tile_spans, tiled_upscale
+from superres.inference.tiling import count_tiles, feather_weights, tile_spans, tiled_upscale
 
 SCALE = 4
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-import superres.train as train_mod
-from superres import checkpoint as ckpt_lib
+import superres.training.loop as train_mod
+from superres.training import checkpoint as ckpt_lib
 from superres.archs import build_generator
-from superres.config import ConfigError, config_to_toml, load_config, save_config
-from superres.train import GanHealth, save_samples, train
-from superres.weights import save_weights
+from superres.training.config import ConfigError, config_to_toml, load_config, save_config
+from superres.training.loop import GanHealth, save_samples, train
+from superres.inference.weights import save_weights
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE1_KEYS = {"step", "gen", "ema", "opt_g", "sched_g", "rng", "sampler", "best", "best_track", "config_digest"}
@@ -129,9 +129,11 @@ def cli_train(*argv: str) -> int:
     """`superres train ARGV` in this process (the exit code); logs go to caplog."""
     import argparse
 
+    import superres.apps.train as train_cli
+
     parser = argparse.ArgumentParser()
-    train_mod.add_train_arguments(parser)
-    return train_mod.run_train(parser.parse_args(list(argv)))
+    train_cli.add_train_arguments(parser)
+    return train_cli.run_train(parser.parse_args(list(argv)))
 
 
 def test_missing_inputs_are_one_clear_error_and_no_run_folder(images, tmp_path, caplog):
@@ -336,8 +338,8 @@ def test_loss_meter_means_and_first_bad_step():
 
 KILL_SCRIPT = """
 import os, signal, sys
-import superres.train as T
-from superres.config import load_config
+import superres.training.loop as T
+from superres.training.config import load_config
 
 calls = 0
 real_ema_update = T.ema_update
@@ -388,8 +390,8 @@ def test_sigkill_and_resume_is_bitwise_identical(images, tmp_path):
 
 SIGNAL_SCRIPT = """
 import os, signal, sys
-import superres.train as T
-from superres.cli import main
+import superres.training.loop as T
+from superres.apps.cli import main
 
 calls = 0
 real_ema_update = T.ema_update
@@ -456,7 +458,7 @@ def test_resume_follows_the_configs_learning_rate(images, tmp_path, caplog):
         seen.append((rs.sched_g.base_lrs[0], rs.opt_g.param_groups[0]["lr"], rs.sched_g.lr_lambdas[0](rs.step)))
         return out
 
-    with caplog.at_level(logging.INFO, logger="superres.train"), pytest.MonkeyPatch.context() as mp:
+    with caplog.at_level(logging.INFO, logger="superres.training.loop"), pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_mod, "restore_checkpoint", spy)
         train(tiny(images, "train.total_steps=4", "log.ckpt_every=2", "optim.lr_g=1e-4", "optim.schedule=cosine",
                    "optim.min_lr_ratio=0.5"), tmp_path / "b", resume=str(ckpt))
@@ -539,7 +541,7 @@ def test_realistic_degradation_runs_and_resumes(images, tmp_path):
 
 
 def test_camera_fraction_mixes_the_presets_per_batch():
-    from superres.degrade import camera_degrade
+    from superres.data.degrade import camera_degrade
 
     hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     calls = []
@@ -562,7 +564,7 @@ def test_camera_fraction_mixes_the_presets_per_batch():
 
 
 def test_clean_fraction_gives_the_benchmark_lr_and_shares_the_draw_with_camera():
-    from superres.degrade import degrade_bicubic, imresize
+    from superres.data.resize import degrade_bicubic, imresize
 
     hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     hr = torch.round(hr * 255) / 255
@@ -760,8 +762,8 @@ def test_holdout_images_are_validated_and_never_trained_on(tmp_path, monkeypatch
 
 
 def test_validation_on_a_degraded_track_matches_eval_and_names_it(tmp_path):
-    from superres.evaluate import evaluate_generator
-    from superres.weights import load_generator
+    from superres.evaluation.protocol import evaluate_generator
+    from superres.inference.weights import load_generator
 
     train_dir = make_images(tmp_path / "Train", n=4, size=40, seed=1)
     val_dir = make_images(tmp_path / "Val", n=2, size=48, seed=5)
@@ -781,7 +783,8 @@ def test_validation_on_a_degraded_track_matches_eval_and_names_it(tmp_path):
     # the sample strip's LR panel is the degraded LR (nearest-upscaled), not the bicubic one
     strip = np.asarray(Image.open(next((tmp_path / "run" / "samples").glob("*.png"))))
     hr = np.asarray(Image.open(val_dir / "0.png").convert("RGB"))[:48, :48]
-    from superres.degrade import degrade_image, image_seed, imresize
+    from superres.data.degrade import degrade_image, image_seed
+    from superres.data.resize import imresize
     lr = degrade_image(hr, "realistic", 4, image_seed(3, "0.png"))
     assert np.array_equal(strip[:, :48][::4, ::4], lr)
     assert not np.array_equal(lr, imresize(hr, 1 / 4))
@@ -801,7 +804,7 @@ def test_best_min_psnr_keeps_unfaithful_validations_out_of_best(tmp_path):
     train(tiny(images, val, *common, f"log.best_min_psnr={max(vals) + 1}"), tmp_path / "high")
     assert not (tmp_path / "high" / "best.safetensors").exists()
     train(tiny(images, val, *common, f"log.best_min_psnr={min(vals) - 1}"), tmp_path / "low")
-    from superres.weights import read_state_dict
+    from superres.inference.weights import read_state_dict
     (free, free_meta), (low, low_meta) = (read_state_dict(tmp_path / d / "best.safetensors")
                                           for d in ("free", "low"))
     assert free_meta["step"] == low_meta["step"] and free.keys() == low.keys()
@@ -811,7 +814,7 @@ def test_best_min_psnr_keeps_unfaithful_validations_out_of_best(tmp_path):
 
 
 def test_resume_with_another_validation_track_starts_best_over(tmp_path, monkeypatch):
-    from superres.weights import read_state_dict
+    from superres.inference.weights import read_state_dict
 
     images = make_images(tmp_path / "Train", n=4, size=40, seed=1)
     common = (f"data.val_dirs=[{json.dumps(str(images))}]", "log.val_every=2", "log.val_niqe=false",

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from superres.archs import build_generator
-from superres.cli import main
-from superres.images import ImageData, read_image, write_image
-from superres.upscale import Upscaler
-from superres.weights import save_weights
+from superres.apps.cli import main
+from superres.io.images import ImageData, read_image, write_image
+from superres.inference.upscaler import Upscaler
+from superres.inference.weights import save_weights
 
 SCALE = 4
 RNG = np.random.default_rng(7)
@@ -338,7 +338,7 @@ def test_hparams_option_answers_what_the_keys_cannot_tell(tmp_path, caplog):
     import torch
 
     from superres.archs import build_generator
-    from superres.cli import main
+    from superres.apps.cli import main
 
     torch.manual_seed(0)
     net = build_generator("compact", num_feat=8, num_conv=2, upscale=2, act_type="leakyrelu")

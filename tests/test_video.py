@@ -12,10 +12,10 @@ import torch
 av = pytest.importorskip("av", reason="PyAV is not installed (the [video] extra)")
 
 from superres.archs import build_generator  # noqa: E402
-from superres.cli import main  # noqa: E402
-from superres.upscale import Upscaler  # noqa: E402
-from superres.video import VideoError, VideoOptions, parts_dir, temporal_difference, upscale_video  # noqa: E402
-from superres.weights import save_weights  # noqa: E402
+from superres.apps.cli import main  # noqa: E402
+from superres.inference.upscaler import Upscaler  # noqa: E402
+from superres.apps.video import VideoError, VideoOptions, parts_dir, temporal_difference, upscale_video  # noqa: E402
+from superres.inference.weights import save_weights  # noqa: E402
 
 W, H, FPS, SECONDS = 32, 24, 15, 2
 

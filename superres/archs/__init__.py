@@ -15,8 +15,8 @@ from .discriminators import PatchGANDiscriminator, UNetDiscriminatorSN, VGGStyle
 from .spec import Ambiguous, GeneratorSpec, hr_feature_bytes
 
 __all__ = ["GENERATORS", "GeneratorSpec", "Ambiguous", "generator_spec", "build_generator", "arch_name_of",
-           "spec_of", "input_multiple", "activation_bytes", "DISCRIMINATORS", "build_discriminator", "discriminator_hparams",
-           "discriminator_input_error"]
+           "spec_of", "input_multiple", "activation_bytes", "DISCRIMINATORS", "build_discriminator",
+           "discriminator_hparams", "discriminator_input_error"]
 
 GENERATORS: dict[str, GeneratorSpec] = {spec.name: spec for spec in (srresnet.SPEC, rrdbnet.SPEC, compact.SPEC)}
 

@@ -17,8 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import in_row_strips, scaled_kaiming_
-from .spec import (GeneratorSpec, Hparams, StateDict, count_indexed, hr_feature_bytes, scale_and_channels,
-                   strip_tail_bytes)
+from .spec import (
+    GeneratorSpec,
+    Hparams,
+    StateDict,
+    count_indexed,
+    hr_feature_bytes,
+    scale_and_channels,
+    strip_tail_bytes,
+)
 
 SCALES = (1, 2, 4)
 # Pixel-unshuffle factor of the input per scale: the trunk always runs at 1/4 of the output size.

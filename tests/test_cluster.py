@@ -144,8 +144,13 @@ def test_a_killed_driver_reruns_without_redoing_finished_files(cluster, tmp_path
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(1.0)                                  # Ray notices the owner is gone and stops its actors
-    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    # Ray notices the owner is gone and stops its actors: wait until no output changes for 1 s
+    first, quiet_since = None, time.monotonic()
+    while time.monotonic() - quiet_since < 1.0 and time.monotonic() - t0 < 180:
+        now = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+        if now != first:
+            first, quiet_since = now, time.monotonic()
+        time.sleep(0.05)
     assert 3 <= len(first) < len(names), len(first)  # killed with work left
     report = tmp_path / "r.json"
     rc = main(["upscale", str(tmp_path / "in"), "-o", str(out), "--model", str(model), "--ray", cluster,

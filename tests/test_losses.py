@@ -161,25 +161,8 @@ def test_layer_before_or_after_activation():
         L.resolve_vgg_layer("conv6_1", True)
 
 
-def write_vgg19(path, full: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random-weight VGG19 in torchvision's key layout (full model or features-only)."""
-    torch.manual_seed(seed)
-    feats = L.vgg19_features()
-    state = {f"features.{k}" if full else k: v for k, v in feats.state_dict().items()}
-    if full:
-        state["classifier.0.weight"] = torch.zeros(4, 8)
-        state["classifier.0.bias"] = torch.zeros(4)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(state, str(path))
-    else:
-        torch.save(state, path)
-    return feats.state_dict()
-
-
 @pytest.mark.parametrize("name,full", [("vgg19.pth", True), ("vgg19_features.safetensors", False)])
-def test_perceptual_loads_torchvision_layout(tmp_path, name, full):
+def test_perceptual_loads_torchvision_layout(tmp_path, name, full, write_vgg19):
     ref = write_vgg19(tmp_path / name, full=full)
     loss = L.VGGPerceptualLoss.from_file(tmp_path / name, {"conv2_2": 1.0}, before_activation=True)
     assert len(loss.features) == 8  # only as deep as conv2_2 (index 7)
@@ -188,7 +171,7 @@ def test_perceptual_loads_torchvision_layout(tmp_path, name, full):
     assert not any(p.requires_grad for p in loss.parameters())
 
 
-def test_perceptual_value_hand_computed(tmp_path):
+def test_perceptual_value_hand_computed(tmp_path, write_vgg19):
     write_vgg19(tmp_path / "vgg.pth")
     loss = L.VGGPerceptualLoss.from_file(tmp_path / "vgg.pth", {"conv1_1": 0.5, "conv1_2": 2.0},
                                          before_activation=False)
@@ -262,7 +245,7 @@ def test_texture_loss_random_weights_are_seeded_and_frozen():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_texture_loss_loads_a_vgg19_file(tmp_path):
+def test_texture_loss_loads_a_vgg19_file(tmp_path, write_vgg19):
     ref = write_vgg19(tmp_path / "vgg.pth")
     loss = L.TextureLoss({"relu1_1": 1.0}, patch=4, weights_path=tmp_path / "vgg.pth")
     assert torch.equal(loss.features[0].weight, ref["0.weight"])

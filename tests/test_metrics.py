@@ -140,6 +140,92 @@ def test_to_uint8_rounds_and_clamps_tensors_and_floats():
 
 
 # ---------------------------------------------------------------------------------------------
+# LF-PSNR / HF-CORR / HF-RATIO
+
+def _texture(shape=(96, 96, 3), seed=11) -> np.ndarray:
+    """A textured image within [20, 200]: smooth shapes plus fine random detail, no clipping."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    base = 110 + 40 * np.sin(xx / 7.0) * np.cos(yy / 11.0)
+    fine = M.gaussian_blur(rng.normal(0, 25, shape[:2]), 0.7)
+    img = base + fine
+    if len(shape) == 3:
+        img = np.stack([img, img * 0.9 + 8, img * 0.8 + 20], axis=2)
+    return np.clip(np.round(img), 20, 200).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(96, 96, 3), (96, 96)])
+def test_hr_against_itself_gives_inf_one_one(shape):
+    hr = _texture(shape)
+    assert M.lf_psnr(hr, hr, 4) == math.inf
+    assert M.hf_corr(hr, hr, 4) == pytest.approx(1.0, abs=1e-12)
+    assert M.hf_ratio(hr, hr, 4) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_bicubic_upscale_has_less_and_weaker_fine_detail():
+    hr = _texture()
+    sr = imresize(imresize(hr, 1 / 4), 4.0)
+    assert sr.shape == hr.shape
+    ratio, corr = M.hf_ratio(sr, hr, 4), M.hf_corr(sr, hr, 4)
+    assert 0 < ratio < 1
+    assert 0 < corr < 1
+    assert math.isfinite(M.lf_psnr(sr, hr, 4))
+    # The low frequencies survive bicubic much better than the full band does.
+    assert M.lf_psnr(sr, hr, 4) > M.psnr(sr, hr, 4)
+
+
+def test_noise_adds_uncorrelated_fine_detail():
+    hr = _texture()
+    noise = np.random.default_rng(12).normal(0, 8, hr.shape)
+    sr = np.clip(np.round(hr + noise), 0, 255).astype(np.uint8)
+    assert M.hf_ratio(sr, hr, 4) > 1
+    assert M.hf_corr(sr, hr, 4) < 1
+
+
+@pytest.mark.parametrize("c", [1, 3, 10])
+def test_constant_offset_gives_closed_form_lf_psnr(c):
+    # A gray image is its own Y; the Gaussian of y + c is G(y) + c, so the low-pass MSE is c^2.
+    hr = _texture((64, 64))
+    assert hr.min() >= 20 and hr.max() <= 200
+    sr = (hr.astype(np.int32) + c).astype(np.uint8)
+    assert M.lf_psnr(sr, hr, 4) == pytest.approx(10 * math.log10(255 ** 2 / c ** 2), abs=1e-9)
+    # The offset has no high frequencies: the residuals are HR's own.
+    assert M.hf_corr(sr, hr, 4) == pytest.approx(1.0, abs=1e-9)
+    assert M.hf_ratio(sr, hr, 4) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("sigma", [1, 2])
+@pytest.mark.parametrize("shape", [(40, 36), (7, 5), (30, 20, 3)])
+def test_gaussian_blur_equals_scipy_reflect(sigma, shape):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    img = np.random.default_rng(13).uniform(0, 255, shape)
+    # (7, 5) is smaller than the kernel radius (8 for sigma 2): the mirror repeats, as scipy's does.
+    ref = (ndimage.gaussian_filter(img, sigma=sigma, mode="reflect") if img.ndim == 2
+           else np.stack([ndimage.gaussian_filter(img[..., k], sigma=sigma, mode="reflect")
+                          for k in range(img.shape[2])], axis=2))
+    np.testing.assert_allclose(M.gaussian_blur(img, sigma), ref, rtol=0, atol=1e-9)
+
+
+def test_flat_images_follow_the_documented_values():
+    flat = np.full((40, 40), 120, np.uint8)
+    tex = _texture((40, 40))
+    assert M.hf_corr(flat, tex, 4) == 0.0 and M.hf_corr(tex, flat, 4) == 0.0
+    assert M.hf_corr(flat, flat, 4) == 0.0
+    assert math.isnan(M.hf_ratio(tex, flat, 4)) and math.isnan(M.hf_ratio(flat, flat, 4))
+    assert M.hf_ratio(flat, tex, 4) == 0.0
+    assert M.lf_psnr(flat, flat, 4) == math.inf
+
+
+@pytest.mark.parametrize("fn", [M.lf_psnr, M.hf_corr, M.hf_ratio])
+def test_frequency_metrics_reject_bad_input_like_psnr(fn):
+    hr = _texture((64, 64, 3))
+    with pytest.raises(ValueError, match="must match"):
+        fn(hr[:60, :64], hr, 4)
+    with pytest.raises(ValueError, match="too small"):
+        fn(hr[:8, :8], hr[:8, :8], 4)
+
+
+# ---------------------------------------------------------------------------------------------
 # NIQE
 
 def test_niqe_on_a_real_image_is_finite_and_higher_when_blurred():

@@ -282,8 +282,9 @@ def test_finished_jobs_expire(make_client):
     client = make_client(job_ttl=0.2)
     job_id = _post(client, _png(), path="/v1/jobs").json()["id"]
     assert _wait(client, job_id)["state"] == "done"
-    time.sleep(0.3)
-    r = client.get(f"/v1/jobs/{job_id}")
+    deadline = time.monotonic() + 30   # wait for the expiry, not for a fixed time
+    while (r := client.get(f"/v1/jobs/{job_id}")).status_code != 404 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert r.status_code == 404 and "expire after 0.2 s" in r.json()["detail"]
 
 
@@ -316,23 +317,3 @@ def test_a_failing_model_fails_the_job_not_the_worker(make_client):
     assert _post(client, _png(), model="tiny").status_code == 200   # the worker is still alive
 
 
-# ---------------------------------------------------------------------------------------------
-# load: many clients at once against a live server on loopback (benchmarks/serve_load.py)
-
-def _serve_load():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.mark.slow
-def test_load_60_requests_8_clients_on_loopback():
-    res = _serve_load().measure(None, requests=60, concurrency=8, size=(64, 48))
-    assert res["statuses"] == [200], res                  # no 5xx, no 503: the queue (16) holds 8 clients
-    assert res["sizes"] == [(256, 192)]                   # every response is the right image
-    assert res["rss_after_mb"] <= res["rss_warm_mb"] * 1.10, res
-    assert res["p95_s"] >= res["p50_s"] > 0

@@ -104,9 +104,7 @@ def test_gan_run_three_steps(images, tmp_path, gan_type, disc):
     assert {"disc", "opt_d", "sched_d"} <= set(state) and state["step"] == 3
 
 
-def test_gan_with_vgg128_and_perceptual(tmp_path):
-    from test_losses import write_vgg19
-
+def test_gan_with_vgg128_and_perceptual(tmp_path, write_vgg19):
     data = make_images(tmp_path / "hr128", n=2, size=128)
     write_vgg19(tmp_path / "vgg19.pth")
     cfg = tiny(data, "data.hr_patch=128", "data.batch_size=2", "train.total_steps=2", "disc.arch=vgg128",

@@ -5,6 +5,11 @@ multiple of the scale, the SR output rounded to uint8, the BT.601 luma (Y in [16
 float64, `scale` pixels shaved from every border and SSIM with an 11x11 Gaussian (sigma 1.5) over
 the valid region. A grayscale image is its own Y.
 
+LF-PSNR, HF-CORR and HF-RATIO split the comparison by frequency on the same prepared Y images: PSNR
+after a Gaussian low-pass (sigma 2 HR pixels), and the correlation and standard-deviation ratio of
+the high-pass residuals y - G(y) (sigma 1 HR pixel). The Gaussian is scipy.ndimage.gaussian_filter's
+(truncate 4, mode 'reflect'), implemented here in numpy.
+
 NIQE (Mittal et al., "Making a completely blind image quality analyzer") reproduces the reference
 MATLAB release and BasicSR's port of it, so numbers are comparable with published NIQE columns.
 
@@ -30,8 +35,8 @@ from ..data.resize import imresize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["to_uint8", "rgb_to_y", "rgb_to_gray", "psnr", "ssim", "NiqeParams", "load_niqe_params", "niqe",
-           "LPIPS", "load_lpips", "lpips"]
+__all__ = ["to_uint8", "rgb_to_y", "rgb_to_gray", "psnr", "ssim", "gaussian_blur", "lf_psnr", "hf_corr",
+           "hf_ratio", "NiqeParams", "load_niqe_params", "niqe", "LPIPS", "load_lpips", "lpips"]
 
 # BT.601 "studio swing" luma from RGB in [0, 1], as MATLAB's rgb2ycbcr; they sum to 219.
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
@@ -186,6 +191,107 @@ def ssim(sr, hr, scale: int = 1, *, shave: int | None = None, y_channel: bool = 
     if a.ndim == 2:
         return _ssim_plane(a, b)
     return float(np.mean([_ssim_plane(a[..., c], b[..., c]) for c in range(a.shape[2])]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Frequency-split metrics: LF-PSNR, HF-CORR, HF-RATIO
+
+# A residual whose standard deviation is below this (in grey levels) counts as flat: the Gaussian of
+# a constant image differs from it only by float rounding (~1e-13), never by a real detail.
+_FLAT_STD = 1e-9
+
+
+@lru_cache(maxsize=8)
+def _gaussian_taps(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    # scipy.ndimage's kernel: exp(-x^2 / (2 sigma^2)) for |x| <= int(truncate * sigma + 0.5), normalised.
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 / (float(sigma) ** 2) * x * x)
+    return g / g.sum()
+
+
+def _reflect_index(n: int, radius: int) -> np.ndarray:
+    # scipy's 'reflect' (d c b a | a b c d | d c b a), repeated for any radius: period 2n.
+    idx = np.mod(np.arange(-radius, n + radius), 2 * n)
+    return np.where(idx >= n, 2 * n - 1 - idx, idx)
+
+
+def gaussian_blur(img: np.ndarray, sigma: float, *, truncate: float = 4.0) -> np.ndarray:
+    """Gaussian low-pass of the two spatial axes of an HxW or HxWxC image, in float64.
+
+    The same result as `scipy.ndimage.gaussian_filter(img, sigma, mode='reflect', truncate=truncate)`
+    on a 2-D float image (per channel for HxWxC): a separable kernel of radius
+    int(truncate * sigma + 0.5), borders mirrored including the edge pixel (d c b a | a b c d).
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    out = np.asarray(img, dtype=np.float64)
+    if out.ndim not in (2, 3):
+        raise ValueError(f"expected an HxW or HxWxC image, got shape {out.shape}")
+    g = _gaussian_taps(float(sigma), float(truncate))
+    radius = (len(g) - 1) // 2
+    for axis in (0, 1):
+        a = np.moveaxis(out, axis, 0)
+        n = a.shape[0]
+        padded = a[_reflect_index(n, radius)]
+        acc = np.zeros_like(a)
+        for k, w in enumerate(g):
+            acc += w * padded[k:k + n]
+        out = np.moveaxis(acc, 0, axis)
+    return out
+
+
+def lf_psnr(sr, hr, scale: int = 1, *, shave: int | None = None, y_channel: bool = True,
+            sigma: float = 2.0) -> float:
+    """PSNR in dB (peak 255) of the low frequencies: both images Gaussian-blurred (sigma 2 HR pixels).
+
+    The pair is prepared as for `psnr` (uint8, HR cropped to a multiple of `scale`, Y, `scale`
+    pixels shaved) and the shaved images are then filtered (`gaussian_blur`, mirrored borders), so
+    the shaved border never leaks into the score. inf for identical images. A high LF-PSNR with a
+    low PSNR means the model keeps colours and shapes and differs only in fine texture.
+    """
+    a, b = prepare_pair(sr, hr, scale, shave=shave, y_channel=y_channel)
+    mse = float(np.mean((gaussian_blur(a, sigma) - gaussian_blur(b, sigma)) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+def _hf_residuals(sr, hr, scale: int, shave: int | None, y_channel: bool,
+                  sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    a, b = prepare_pair(sr, hr, scale, shave=shave, y_channel=y_channel)
+    return a - gaussian_blur(a, sigma), b - gaussian_blur(b, sigma)
+
+
+def hf_corr(sr, hr, scale: int = 1, *, shave: int | None = None, y_channel: bool = True,
+            sigma: float = 1.0) -> float:
+    """Pearson correlation of the high-pass residuals r = y - G_sigma(y) (sigma 1 HR pixel) of SR and HR.
+
+    Prepared and filtered as `lf_psnr` (shaved Y, then filtered). 1.0 when SR's fine detail is HR's
+    (up to gain), about 0 for detail unrelated to HR (invented texture, noise). If either residual
+    is flat (zero variance: a constant image) the correlation is undefined and 0.0 is returned.
+    """
+    ra, rb = _hf_residuals(sr, hr, scale, shave, y_channel, sigma)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    if ra.std() < _FLAT_STD or rb.std() < _FLAT_STD:
+        return 0.0
+    saa, sbb = float(np.sum(ra * ra)), float(np.sum(rb * rb))
+    return float(np.clip(float(np.sum(ra * rb)) / math.sqrt(saa * sbb), -1.0, 1.0))
+
+
+def hf_ratio(sr, hr, scale: int = 1, *, shave: int | None = None, y_channel: bool = True,
+             sigma: float = 1.0) -> float:
+    """std(r_SR) / std(r_HR) of the high-pass residuals of `hf_corr`: how much fine detail SR has.
+
+    1 = as much as the original, below 1 = smoother (bicubic, a PSNR-trained model), above 1 = more
+    (sharpening, noise, GAN texture). nan if HR's residual is flat (a constant image); 0.0 if only
+    SR's is.
+    """
+    ra, rb = _hf_residuals(sr, hr, scale, shave, y_channel, sigma)
+    sa, sb = float(ra.std()), float(rb.std())
+    if sb < _FLAT_STD:
+        return float("nan")
+    return 0.0 if sa < _FLAT_STD else sa / sb
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The benchmark protocol of the SR literature, and `superres eval`.
 
 HR folder in -> HR cropped to a multiple of the scale -> LR by MATLAB bicubic -> upscaler ->
-output rounded to uint8 -> PSNR/SSIM on Y with `scale` pixels shaved, NIQE on Y (see metrics.py).
+output rounded to uint8 -> PSNR/SSIM (and LF-PSNR, HF-CORR, HF-RATIO) on Y with `scale` pixels
+shaved, NIQE on Y (see metrics.py).
 Two more tracks: a degraded one (`degrade="realistic"` or `"camera"`: the LR is a seeded draw of
 that degradation per image, scored against the clean HR) and a no-reference one (a folder of real
 LR photos such as RealSRSet: NIQE only, and compare sheets to look at).
@@ -35,8 +36,11 @@ from . import metrics as M
 log = logging.getLogger(__name__)
 
 Upscaler = Callable[[np.ndarray], np.ndarray]   # LR uint8 (HxW or HxWx3) -> SR uint8
-METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb", "niqe", "lpips")
-_FORMATS = {"psnr": ".2f", "psnr_rgb": ".2f", "ssim": ".4f", "ssim_rgb": ".4f", "niqe": ".2f", "lpips": ".4f"}
+METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb", "niqe", "lpips", "lf-psnr", "hf-corr", "hf-ratio")
+_FORMATS = {"psnr": ".2f", "psnr_rgb": ".2f", "ssim": ".4f", "ssim_rgb": ".4f", "niqe": ".2f", "lpips": ".4f",
+            "lf-psnr": ".2f", "hf-corr": ".3f", "hf-ratio": ".3f"}
+# Full-reference metrics on Y with `scale` pixels shaved, called as f(sr, hr, scale).
+_Y_METRICS = {"lf-psnr": M.lf_psnr, "hf-corr": M.hf_corr, "hf-ratio": M.hf_ratio}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +232,8 @@ def _score(sr: np.ndarray, pair: Pair, scale: int, metrics: tuple[str, ...], niq
                 # must not abort a whole evaluation or a training run's validation.
                 log.warning("NIQE of %s: %s; it is left out of the NIQE mean", pair.name, e)
                 out[m] = float("nan")
+        elif m in _Y_METRICS:
+            out[m] = _Y_METRICS[m](sr, pair.hr, scale)
         elif m == "lpips":
             out[m] = M.lpips(sr, pair.hr, lpips_model, device)
     return out

@@ -15,7 +15,7 @@ from PIL import Image
 import superres.apps.filejob as upscale_mod
 from superres.apps.cli import main
 from superres.inference.upscaler import Upscaler
-from superres.apps.filejob import upscale_file, upscale_files
+from superres.apps.filejob import FileJobOptions, upscale_file, upscale_files
 from superres.apps.upscale import add_upscale_arguments
 
 RNG = np.random.default_rng(18)
@@ -31,11 +31,11 @@ def _cli(model_path, *args) -> int:
     return main(["upscale", *map(str, args), "--model", str(model_path), "--no-progress", "--tile", "32"])
 
 
-def _args(src, out, *extra) -> argparse.Namespace:
+def _args(src, out, *extra) -> FileJobOptions:
     """What the command line gives upscale_file(s), parsed by the command's own parser."""
     p = argparse.ArgumentParser()
     add_upscale_arguments(p)
-    return p.parse_args([str(src), "-o", str(out), "--no-progress", "--tile", "32", *extra])
+    return FileJobOptions.from_args(p.parse_args([str(src), "-o", str(out), "--no-progress", "--tile", "32", *extra]))
 
 
 def _folder(path, names, size=(10, 12)):

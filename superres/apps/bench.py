@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import numpy as np_t
     import torch as torch_t
 
+    from .filejob import FileJobOptions
+
     from ..inference.upscaler import Upscaler
 
 log = logging.getLogger(__name__)
@@ -353,14 +355,17 @@ def reference_upscale(model: "torch_t.nn.Module", pixels: "np_t.ndarray", device
     return y.clamp(0, 1).mul(255.0).round().byte()[0].permute(1, 2, 0).cpu().numpy()
 
 
-def _upscale_args(src_dir: Path, out_dir: Path) -> argparse.Namespace:
+def _upscale_args(src_dir: Path, out_dir: Path) -> "FileJobOptions":
     """The options `superres upscale SRC -o OUT --overwrite --no-progress` would give upscale_files,
     parsed by the real parser so that every default is the command's own."""
     from .upscale import add_upscale_arguments
 
     p = argparse.ArgumentParser(add_help=False)
     add_upscale_arguments(p)
-    return p.parse_args([str(src_dir), "-o", str(out_dir), "--overwrite", "--no-progress"])
+    from .filejob import FileJobOptions
+
+    return FileJobOptions.from_args(p.parse_args([str(src_dir), "-o", str(out_dir), "--overwrite",
+                                                  "--no-progress"]))
 
 
 @dataclass

@@ -26,6 +26,7 @@ Multi-machine use:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -52,14 +53,16 @@ class UpscaleWorker:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.up = Upscaler.from_pretrained(**options)
         self.up.tune_host_allocator()
-        self.args = argparse.Namespace(**args)
+        from .filejob import FileJobOptions
+
+        self.opts = FileJobOptions(**args)
         self.fmt = fmt
         self.input_paths = {Path(p) for p in input_paths}
 
     def run(self, src: str, dst: str) -> dict[str, Any]:
         from .filejob import upscale_file
 
-        entry = upscale_file(self.up, Path(src), Path(dst), self.args, self.fmt, self.input_paths)
+        entry = upscale_file(self.up, Path(src), Path(dst), self.opts, self.fmt, self.input_paths)
         entry["worker"] = f"{os.uname().nodename}:{os.getpid()}"
         return entry
 
@@ -98,12 +101,10 @@ def run_on_ray(args: argparse.Namespace, plan: list[tuple[Path, Path]], fmt: str
     workers = args.workers or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus
                                else max(1, cpus_total))
     workers = max(1, min(workers, len(plan)))
-    from .filejob import upscaler_options
+    from .filejob import FileJobOptions, upscaler_options
     options = upscaler_options(args)
-    fields = ("overwrite", "outscale", "width", "height", "alpha", "quality", "png_level", "max_pixels",
-              "max_output_pixels")
-    worker_args = {k: getattr(args, k, None) for k in fields}
-    worker_args["no_progress"] = True    # tiles of many workers would garble one terminal
+    # plain values to send to the actors; tiles of many workers would garble one terminal
+    worker_args = {**dataclasses.asdict(FileJobOptions.from_args(args)), "no_progress": True}
     remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                         max_task_retries=MAX_TASK_RETRIES)(worker)
     actors = [remote.remote(options, worker_args, fmt, [str(p) for p in input_paths], None if gpus else 1)

@@ -12,14 +12,12 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._lazy import lazy_function
-from ..io.formats import (
-    ImageError,
-)
+from ..io.formats import DEFAULT_PNG_LEVEL, DEFAULT_QUALITY, ImageError
 
 if TYPE_CHECKING:
     from ..inference.upscaler import Upscaler
@@ -28,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["upscale_file", "upscale_files"]
+__all__ = ["FileJobOptions", "upscale_file", "upscale_files"]
 
 # io.images needs numpy and Pillow: loaded on first use, so option errors answer at once
 probe_image = lazy_function("superres.io.images", "probe_image")
@@ -38,6 +36,31 @@ write_image = lazy_function("superres.io.images", "write_image")
 
 # ---------------------------------------------------------------------------------------------
 # the command
+
+DEFAULT_MAX_PIXELS = 50_000_000            # input: a 50 MP photo is already a large camera file
+DEFAULT_MAX_OUTPUT_PIXELS = 400_000_000    # output: 1.2 GB of 8-bit RGB in memory (2.4 GB at 16 bits)
+
+
+@dataclass(frozen=True)
+class FileJobOptions:
+    """What the file job needs besides the model and the paths: output size, limits, encoding."""
+
+    outscale: float | None = None        # None: the model's scale
+    width: int | None = None             # one of width/height keeps the aspect ratio
+    height: int | None = None
+    alpha: str = "model"                 # "model" or "bicubic" (see runtime.ALPHA_MODES)
+    max_pixels: int = DEFAULT_MAX_PIXELS             # 0 = no limit
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    quality: int = DEFAULT_QUALITY       # JPEG / WebP
+    png_level: int = DEFAULT_PNG_LEVEL
+    overwrite: bool = False              # False: an existing output is skipped
+    no_progress: bool = False            # no per-tile progress bar
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "FileJobOptions":
+        """The options `superres upscale` parsed (fields missing from args keep their defaults)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
 
 def upscaler_options(args: argparse.Namespace) -> dict[str, Any]:
     """`Upscaler.from_pretrained` keywords from the command line (the local loop, video, Ray workers)."""
@@ -72,7 +95,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
-def _check_size(src: Path, width: int, height: int, scale: int, args: argparse.Namespace) -> None:
+def _check_size(src: Path, width: int, height: int, scale: int, args: FileJobOptions) -> None:
     """ImageError when the input or the result is over --max-pixels / --max-output-pixels."""
     n = width * height
     if args.max_pixels and n > args.max_pixels:
@@ -142,7 +165,7 @@ class _FileErrors:
         return True
 
 
-def _read_stage(job: _FileJob, up: "Upscaler", args: argparse.Namespace,
+def _read_stage(job: _FileJob, up: "Upscaler", args: FileJobOptions,
                 input_paths: set[Path] | frozenset) -> _FileJob:
     """Checks and decoding: job.img, or a finished entry (skipped / error)."""
     src, dst, entry = job.src, job.dst, job.entry
@@ -161,7 +184,7 @@ def _read_stage(job: _FileJob, up: "Upscaler", args: argparse.Namespace,
     return job
 
 
-def _skip_existing(job: _FileJob, args: argparse.Namespace) -> bool:
+def _skip_existing(job: _FileJob, args: FileJobOptions) -> bool:
     if job.dst.exists() and not args.overwrite:
         job.img = None
         job.entry["status"] = "skipped"
@@ -170,7 +193,7 @@ def _skip_existing(job: _FileJob, args: argparse.Namespace) -> bool:
     return False
 
 
-def _compute_stage(job: _FileJob, up: "Upscaler", args: argparse.Namespace) -> None:
+def _compute_stage(job: _FileJob, up: "Upscaler", args: FileJobOptions) -> None:
     """job.img -> job.result through the model, with a per-file progress bar of tiles."""
     from tqdm import tqdm
 
@@ -186,7 +209,7 @@ def _compute_stage(job: _FileJob, up: "Upscaler", args: argparse.Namespace) -> N
                                           on_tile=lambda done, total: tiles.update(1))
 
 
-def _write_stage(job: _FileJob, args: argparse.Namespace, fmt: str | None) -> _FileJob:
+def _write_stage(job: _FileJob, args: FileJobOptions, fmt: str | None) -> _FileJob:
     """Encode and write job.result atomically (temp file + rename)."""
     result, job.result = job.result, None
     with _FileErrors(job):
@@ -209,7 +232,7 @@ def _finish_job(job: _FileJob) -> dict[str, Any]:
     return job.entry
 
 
-def upscale_file(up: "Upscaler", src: Path, dst: Path, args: argparse.Namespace, fmt: str | None,
+def upscale_file(up: "Upscaler", src: Path, dst: Path, args: FileJobOptions, fmt: str | None,
                  input_paths: set[Path] | frozenset = frozenset()) -> dict[str, Any]:
     """One input file -> one output file, with every check of `superres upscale`; the report entry
     ({"input", "output", "status": ok|skipped|error, ...}). Errors of this file are returned, not
@@ -224,7 +247,7 @@ def upscale_file(up: "Upscaler", src: Path, dst: Path, args: argparse.Namespace,
     return _finish_job(job)
 
 
-def upscale_files(up: "Upscaler", pairs: list[tuple[Path, Path]], args: argparse.Namespace,
+def upscale_files(up: "Upscaler", pairs: list[tuple[Path, Path]], args: FileJobOptions,
                   fmt: str | None, input_paths: set[Path] | frozenset,
                   on_entry: Callable[[dict[str, Any]], None]) -> None:
     """`upscale_file` for each (input, output) pair, with decoding and encoding off the model's path:

@@ -35,7 +35,8 @@ from ..io.formats import (
     normalize_format,
 )
 from ..io.fs import atomic_write, remove_stale_temp_files
-from .filejob import _raise_terminated, _Terminated, upscale_files, upscaler_options
+from .filejob import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, FileJobOptions, _raise_terminated,
+                      _Terminated, upscale_files, upscaler_options)
 
 if TYPE_CHECKING:
     from ..inference.upscaler import Upscaler
@@ -129,8 +130,6 @@ def _check_report(args: argparse.Namespace, inputs: set[Path], outputs: list[Pat
 
 _GLOB_CHARS = set("*?[")
 EXAMPLE = "superres upscale photo.jpg -o photo_x4.png"
-DEFAULT_MAX_PIXELS = 50_000_000            # input: a 50 MP photo is already a large camera file
-DEFAULT_MAX_OUTPUT_PIXELS = 400_000_000    # output: 1.2 GB of 8-bit RGB in memory (2.4 GB at 16 bits)
 
 
 def _is_candidate(f: Path) -> bool:
@@ -461,7 +460,8 @@ def run_upscale(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        upscale_files(up, [(src, dst) for src, _, dst in plan], args, fmt, input_paths, on_entry)
+        upscale_files(up, [(src, dst) for src, _, dst in plan], FileJobOptions.from_args(args), fmt, input_paths,
+                      on_entry)
     except KeyboardInterrupt:
         interrupted = 130
     except _Terminated:

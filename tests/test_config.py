@@ -126,7 +126,7 @@ def test_vgg_layer_names_are_checked():
 
 
 def test_d_steps_per_g_positive():
-    with pytest.raises(ConfigError, match="train.d_steps_per_g = 0 must be > 0"):
+    with pytest.raises(ConfigError, match="train.d_steps_per_g = 0 must be a finite number > 0"):
         load_config(None, ["train.d_steps_per_g=0"])
 
 

@@ -540,3 +540,58 @@ def test_video_output_never_replaces_its_input(tmp_path, monkeypatch, caplog, ho
                "--no-progress"])
     assert rc == 2 and clip.read_bytes() == before
     assert any("names the input video" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# silent wrong results and tracebacks
+
+def test_eval_refuses_an_lr_of_another_scale(tmp_path):
+    """An x8 LR named x4 used to score a corner crop of the HR (12.9 dB, exit 0)."""
+    from superres.evaluation.protocol import load_pairs
+
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    _img(hr / "a.png", 1)
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(hr / "a.png")
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(_img(lr / "a.png", 2))   # x8, not x4
+    with pytest.raises(ValueError, match=r"a.png is 5x4, but .*a.png \(40x32\) at x4 needs an LR of 10x8"):
+        load_pairs(hr, 4, lr_dir=lr)
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(lr / "a.png")
+    assert load_pairs(hr, 4, lr_dir=lr)[0].hr.shape == (32, 40, 3)
+
+
+@pytest.mark.parametrize("name", ["фото.png", "🐈 cat.png", 'quote"and\\.png'])
+def test_serve_answers_any_file_name(name):
+    pytest.importorskip("fastapi")
+    from urllib.parse import unquote
+
+    from fastapi.testclient import TestClient
+
+    from superres.apps.serve import ModelPool, ServiceConfig, create_app, content_disposition
+
+    header = content_disposition(name)
+    header.encode("latin-1")   # what the server must be able to send
+    assert unquote(header.split("filename*=UTF-8''")[1]) == name
+    if '"' in name:
+        return   # the test client itself percent-encodes quotes in multipart names
+    torch.manual_seed(0)
+    up = _Upscaler(build_generator("msrresnet", upscale=2, num_feat=8, num_block=1), device="cpu",
+                   precision="fp32")
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, "PNG")
+    with TestClient(create_app(ModelPool(upscalers={"tiny": up}), ServiceConfig())) as client:
+        r = client.post("/v1/upscale", files={"file": (name, png.getvalue())})
+    assert r.status_code == 200, r.text
+    stem = name.rsplit(".", 1)[0]
+    assert unquote(r.headers["content-disposition"].split("filename*=UTF-8''")[1]).startswith(stem)
+
+
+@pytest.mark.parametrize("item,match", [
+    ("log.log_every=0", "log.log_every = 0 must be"), ("log.ckpt_every=0", "log.ckpt_every = 0 must be"),
+    ("log.val_every=-1", "log.val_every = -1 must be"), ("optim.lr_g=nan", "optim.lr_g = nan must be"),
+    ("optim.lr_d=-1e-4", "optim.lr_d = -0.0001 must be"), ("data.num_workers=-1", "data.num_workers = -1 must be"),
+])
+def test_training_config_values_that_used_to_crash_are_config_errors(item, match):
+    from superres.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [item])

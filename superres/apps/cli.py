@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "Upscale images with a trained generator. Example: superres upscale photo.jpg -o photo_x4.png"),
     "models": ("superres.apps.models",
                "List the models shipped with the package (name, scale, parameters, file)."),
+    "analyze": ("superres.apps.analyze",
+                "Estimate each image's noise level, JPEG quality, blockiness and detail (sharpness). "
+                "Example: superres analyze photo.jpg scan.png --json analysis.json"),
     "eval": ("superres.apps.eval",
              "Benchmark models with the standard protocol (MATLAB bicubic LR, Y-channel PSNR/SSIM, "
              "NIQE). Example: superres eval --model psnr-x4 --model bicubic --data ../shared/data/benchmarks/Set5 --scale 4"),

@@ -420,6 +420,15 @@ def parse_fields(pool: ModelPool, *, model: str | None, outscale: str | None, st
 # ---------------------------------------------------------------------------------------------
 # the app
 
+def content_disposition(name: str) -> str:
+    """An attachment header for any file name: an ASCII fallback and the exact name in RFC 5987's
+    `filename*` (HTTP headers are Latin-1; a name like фото.png made the server answer 500)."""
+    from urllib.parse import quote
+
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name) or "result"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 def create_app(pool: ModelPool, cfg: ServiceConfig | None = None):
     """The FastAPI application: API under /v1, the page at /, OpenAPI at /docs."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -491,7 +500,7 @@ def create_app(pool: ModelPool, cfg: ServiceConfig | None = None):
             raise RequestError(job.error_status if job.state == "failed" else 503,
                                job.error or "the job was cancelled (the server is shutting down)")
         return Response(job.result, media_type=job.media_type,
-                        headers={"Content-Disposition": f'attachment; filename="{job.result_name}"'})
+                        headers={"Content-Disposition": content_disposition(job.result_name)})
 
     @app.post("/v1/jobs", status_code=202)
     async def create_job(file: UploadFile = File(...), model: str | None = Form(None),
@@ -513,7 +522,7 @@ def create_app(pool: ModelPool, cfg: ServiceConfig | None = None):
         if job.state != "done":
             raise RequestError(409, f"job {job_id} is {job.state}, not done; poll GET /v1/jobs/{job_id}")
         return Response(job.result, media_type=job.media_type,
-                        headers={"Content-Disposition": f'attachment; filename="{job.result_name}"'})
+                        headers={"Content-Disposition": content_disposition(job.result_name)})
 
     @app.delete("/v1/jobs/{job_id}")
     async def job_cancel(job_id: str):

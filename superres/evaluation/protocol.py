@@ -128,6 +128,11 @@ def _make_pairs(paths: list[Path], scale: int, lr_paths: list[Path], lr_dir, deg
             if hr.shape[0] < h or hr.shape[1] < w:
                 raise ValueError(f"{lp} is {lr.shape[1]}x{lr.shape[0]}: x{scale} of it is larger than "
                                  f"{p} ({hr.shape[1]}x{hr.shape[0]})")
+            if (hr.shape[0] // scale, hr.shape[1] // scale) != lr.shape[:2]:
+                # a smaller LR (say an x8 LR named x4) would score a crop of the HR, silently
+                raise ValueError(f"{lp} is {lr.shape[1]}x{lr.shape[0]}, but {p} ({hr.shape[1]}x{hr.shape[0]}) "
+                                 f"at x{scale} needs an LR of {hr.shape[1] // scale}x{hr.shape[0] // scale}: "
+                                 "is the LR folder for another scale?")
             if lr.ndim != hr.ndim:
                 lr = lr if hr.ndim == 3 else np.round(M.rgb_to_gray(lr)).astype(np.uint8)
                 lr = np.repeat(lr[..., None], 3, axis=2) if lr.ndim == 2 and hr.ndim == 3 else lr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -388,10 +389,16 @@ def _check_data(cfg: Config) -> None:
 def _check_train(cfg: Config) -> None:
     positive = {"data.batch_size": cfg.data.batch_size, "data.hr_patch": cfg.data.hr_patch,
                 "train.total_steps": cfg.train.total_steps, "optim.lr_g": cfg.optim.lr_g,
-                "train.d_steps_per_g": cfg.train.d_steps_per_g}
+                "optim.lr_d": cfg.optim.lr_d, "train.d_steps_per_g": cfg.train.d_steps_per_g,
+                "log.log_every": cfg.log.log_every, "log.ckpt_every": cfg.log.ckpt_every}
     for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} = {value} must be > 0")
+        # `not value > 0` also refuses NaN, which compares false with everything
+        if not value > 0 or not math.isfinite(value):
+            raise ConfigError(f"{key} = {value} must be a finite number > 0")
+    if cfg.log.val_every < 0:
+        raise ConfigError(f"log.val_every = {cfg.log.val_every} must be >= 0 (0 = no validation)")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers = {cfg.data.num_workers} must be >= 0 (0 = load in the main process)")
     if cfg.log.best_min_psnr < 0:
         raise ConfigError(f"log.best_min_psnr = {cfg.log.best_min_psnr} must be >= 0 (0 = no floor)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:

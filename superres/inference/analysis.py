@@ -1,0 +1,204 @@
+"""What an input image needs before it is upscaled: its noise level, JPEG quality and sharpness.
+
+All measures work on the luma in 8-bit levels (BT.601 Y of RGB, or the gray plane), with numpy and
+Pillow only (no torch), so `superres analyze` is fast and cheap to import.
+
+  * noise_sigma: Immerkaer's fast noise estimate (J. Immerkaer, "Fast Noise Variance Estimation",
+    1996) taken over the flattest blocks of the image only, so that edges and texture do not count
+    as noise.
+  * jpeg_quality: for a JPEG file, the IJG quality (1..100) whose scaled Annex K luminance table is
+    closest to the file's own table.
+  * blockiness: the mean luma step across 8x8 block boundaries over the mean step elsewhere (1.0 =
+    no block grid), which shows JPEG history in a file that is no longer a JPEG (e.g. a PNG decoded
+    from one). The grid is taken as aligned with the image's top-left corner.
+  * detail: the standard deviation of the luma's Laplacian, in levels; lower means blurrier.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..io.images import read_image
+
+__all__ = ["analyze_image", "analyze_file", "luma", "estimate_noise", "jpeg_quality_from_tables",
+           "ijg_luminance_table", "blockiness", "detail", "IJG_LUMINANCE"]
+
+# JPEG spec Annex K.1, table K.1 (luminance), in natural (row-major) order
+IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61,
+    12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77,
+    24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101,
+    72, 92, 95, 98, 112, 100, 103, 99,
+], dtype=np.int64)
+
+NOISE_BLOCK = 16            # block side for the flat-region search
+NOISE_FLAT_FRACTION = 0.2   # the share of blocks, flattest first, that the noise is measured on
+_IMMERKAER = math.sqrt(math.pi / 2) / 6
+
+
+def luma(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) float32 luma in 8-bit levels of (H, W) or (H, W, C) pixels (uint8, uint16 or float in [0, 1]).
+
+    16-bit samples are cut to 8 bits (>> 8); of more than 3 channels the first 3 are RGB.
+    """
+    a = np.asarray(pixels)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or a.size == 0:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    elif a.dtype.kind == "f":
+        a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        return a.astype(np.float32)
+    if a.shape[2] < 3:   # gray + something: the gray plane
+        return a[..., 0].astype(np.float32)
+    rgb = a[..., :3].astype(np.float32)
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+def _immerkaer_abs(y: np.ndarray) -> np.ndarray:
+    """|y * [[1,-2,1],[-2,4,-2],[1,-2,1]]| on the valid (H-2, W-2) region."""
+    # the mask is the outer product of [1, -2, 1] with itself: two separable passes
+    r = y[:, :-2] - 2.0 * y[:, 1:-1] + y[:, 2:]
+    c = r[:-2] - 2.0 * r[1:-1] + r[2:]
+    return np.abs(c)
+
+
+def estimate_noise(y: np.ndarray, *, block: int = NOISE_BLOCK, fraction: float = NOISE_FLAT_FRACTION) -> float | None:
+    """Gaussian noise std (levels) of a luma plane: Immerkaer's estimate over the flattest blocks.
+
+    The image is cut into `block` x `block` tiles; those with the lowest gradient energy (measured on
+    a 2x2-averaged copy, so the noise itself sways the ranking less) are the flat regions, and the
+    estimate pools the Immerkaer response over the lowest `fraction` of them. None for an image
+    under 3x3 pixels.
+    """
+    h, w = y.shape
+    if h < 3 or w < 3:
+        return None
+    conv = _immerkaer_abs(y)                       # (h-2, w-2); conv[i, j] is centred on y[i+1, j+1]
+    ch, cw = conv.shape
+    nby, nbx = ch // block, cw // block
+    if nby * nbx < 4:
+        return float(_IMMERKAER * conv.mean())
+    conv_blocks = conv[:nby * block, :nbx * block].reshape(nby, block, nbx, block).mean(axis=(1, 3))
+    # gradient energy of the same tiles, on the luma averaged 2x2 (halves the noise std)
+    inner = y[1:1 + nby * block, 1:1 + nbx * block]
+    half = 0.25 * (inner[0::2, 0::2] + inner[1::2, 0::2] + inner[0::2, 1::2] + inner[1::2, 1::2])
+    gx = np.zeros_like(half)
+    gy = np.zeros_like(half)
+    gx[:, :-1] = np.diff(half, axis=1) ** 2
+    gy[:-1, :] = np.diff(half, axis=0) ** 2
+    b2 = block // 2
+    energy = (gx + gy).reshape(nby, b2, nbx, b2).mean(axis=(1, 3))
+    n = max(4, int(round(fraction * energy.size)))
+    flat = np.argpartition(energy.ravel(), n - 1)[:n]
+    return float(_IMMERKAER * conv_blocks.ravel()[flat].mean())
+
+
+def ijg_luminance_table(quality: int) -> np.ndarray:
+    """The 64 luminance quantizers (natural order) libjpeg / Pillow write for `quality` (1..100)."""
+    q = min(100, max(1, int(quality)))
+    scale = 5000 // q if q < 50 else 200 - 2 * q
+    return np.clip((IJG_LUMINANCE * scale + 50) // 100, 1, 255)
+
+
+_IJG_TABLES = np.stack([ijg_luminance_table(q) for q in range(1, 101)])   # (100, 64)
+
+
+def jpeg_quality_from_tables(tables) -> int | None:
+    """The IJG quality whose luminance table is closest (L1) to table 0 of `tables`.
+
+    `tables` is Pillow's `Image.quantization` ({table id: 64 values in natural order}) or a
+    sequence whose first item is the luminance table. None when there is no usable table.
+    """
+    if tables is None:
+        return None
+    lum = tables.get(0, next(iter(tables.values()), None)) if isinstance(tables, dict) else \
+        (tables[0] if len(tables) else None)
+    if lum is None:
+        return None
+    t = np.asarray(list(lum), dtype=np.int64).ravel()
+    if t.size != 64:
+        return None
+    t = np.clip(t, 1, 255)
+    dist = np.abs(_IJG_TABLES - t).sum(axis=1)
+    return int(np.argmin(dist)) + 1
+
+
+def blockiness(y: np.ndarray, block: int = 8) -> float:
+    """Mean |luma step| across `block`-aligned boundaries over the mean step elsewhere (1.0 = none)."""
+    h, w = y.shape
+    on_sum = off_sum = 0.0
+    on_n = off_n = 0
+    for d in (np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0)).T):
+        # d[:, j] is the step between positions j and j+1; a boundary when j+1 is a multiple of block
+        n = d.shape[1]
+        if n < block:
+            continue
+        cols = d.sum(axis=0, dtype=np.float64)
+        on = np.zeros(n, dtype=bool)
+        on[block - 1::block] = True
+        on_sum += cols[on].sum()
+        off_sum += cols[~on].sum()
+        on_n += int(on.sum()) * d.shape[0]
+        off_n += int((~on).sum()) * d.shape[0]
+    if not on_n or not off_n or off_sum <= 0:
+        return 1.0
+    return float((on_sum / on_n) / (off_sum / off_n))
+
+
+def detail(y: np.ndarray) -> float | None:
+    """Standard deviation (levels) of the 4-neighbour Laplacian of a luma plane; None under 3x3."""
+    if y.shape[0] < 3 or y.shape[1] < 3:
+        return None
+    lap = (y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:]) - 4.0 * y[1:-1, 1:-1]
+    return float(lap.std(dtype=np.float64))
+
+
+def analyze_image(pixels: np.ndarray, *, jpeg_tables=None) -> dict:
+    """Noise, JPEG quality, blockiness and detail of an (H, W) or (H, W, C) image.
+
+    `jpeg_tables` is the file's quantization tables (Pillow's `Image.quantization`) when it was a
+    JPEG; without them `jpeg_quality` is None.
+    """
+    y = luma(pixels)
+    h, w = y.shape
+    q = jpeg_quality_from_tables(jpeg_tables)
+    noise = estimate_noise(y)
+    det = detail(y)
+    return {
+        "width": int(w), "height": int(h),
+        "noise_sigma": None if noise is None else round(noise, 3),
+        "jpeg_quality": q,
+        "jpeg_source": "quantization tables" if q is not None else None,
+        "blockiness": round(blockiness(y), 4),
+        "detail": None if det is None else round(det, 3),
+    }
+
+
+def analyze_file(path: str | os.PathLike) -> dict:
+    """`analyze_image` of an image file, plus its name; ValueError naming the file on bad input."""
+    path = Path(path)
+    img = read_image(path)   # ImageError (a ValueError) naming the file
+    tables = None
+    if img.format == "JPEG":
+        try:
+            with Image.open(path) as im:
+                tables = getattr(im, "quantization", None)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read the JPEG quantization tables ({e})") from e
+    out = {"file": str(path)}
+    out.update(analyze_image(img.pixels, jpeg_tables=tables))
+    return out

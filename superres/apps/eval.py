@@ -1,13 +1,5 @@
-"""The benchmark protocol of the SR literature, and `superres eval`.
-
-HR folder in -> HR cropped to a multiple of the scale -> LR by MATLAB bicubic -> upscaler ->
-output rounded to uint8 -> PSNR/SSIM on Y with `scale` pixels shaved, NIQE on Y (see metrics.py).
-Two more tracks: a degraded one (`degrade="realistic"` or `"camera"`: the LR is a seeded draw of
-that degradation per image, scored against the clean HR) and a no-reference one (a folder of real
-LR photos such as RealSRSet: NIQE only, and compare sheets to look at).
-An upscaler is any function from an LR uint8 image to an SR uint8 image: the `bicubic` baseline or
-a generator run on the whole image in fp32. The training loop's validation calls
-`evaluate_generator`, which shares `evaluate_pairs` with the command line.
+"""`superres eval`: the benchmark protocol (evaluation.protocol) as a command, with its reports
+(markdown table, JSON, CSV) and the side-by-side comparison sheets.
 """
 from __future__ import annotations
 

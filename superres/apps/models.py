@@ -1,7 +1,5 @@
-"""Models shipped with the package, by name.
-
-Weights live in `superres/pretrained/` (installed with the package); a name maps to a file there.
-A name whose file is not present says so instead of failing later.
+"""`superres models`: list the shipped models (name, scale, parameters, file) and, with --all,
+the architectures a weights path can load.
 """
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Training data: HR folders -> random (LR, HR) patch pairs.
-
-Every sample is a pure function of (seed, global sample index): which image, where to crop and how
-to flip/rotate come from an RNG seeded with both. That makes the data stream deterministic,
-resumable from a single integer (the next sample index) and trivially shardable across
-DataLoader workers and DDP ranks (rank r takes indices r, r+world, ...). DataLoader workers need
-no sharding of their own: the sampler runs in the main process and hands each worker whole
-indices, and since a sample depends on nothing else, the batches are the same with any number of
-workers.
-
-The `bicubic` LR is cut from MATLAB-bicubic-downscaled image regions aligned to the scale grid with
-a margin wider than the kernel, so it equals the crop of `imresize(full_image, 1/scale)`, exactly
-the evaluation protocol's LR, at the cost of resizing only a small region per sample.
+"""`superres prepare HR/ -o HR_sub/`: cut large training images into overlapping sub-images
+(data.datasets.extract_subimages).
 """
 from __future__ import annotations
 

@@ -1,30 +1,5 @@
-"""`superres train`: one training loop, read top to bottom.
-
-    superres train configs/srresnet_x4_psnr.toml --run-dir runs/psnr --set train.total_steps=20000
-    superres train configs/srgan_x4.toml --run-dir runs/srgan --resume auto
-    torchrun --nproc-per-node 2 -m superres train configs/tiny_cpu.toml --run-dir runs/tiny-ddp
-
-Stage 1 (pixel loss) and stage 2 (GAN) are the same loop with different loss weights: with
-losses.adversarial = losses.feature_matching = 0 no discriminator is built at all. In stage 2 one
-step is one batch: the generator step (D frozen), then the discriminator step on the detached SR.
-For the first train.d_warmup_steps steps only D is trained (G frozen, as BasicSR's
-net_d_init_iters: D first learns to tell the pretrained generator's output from HR); after that D
-trains every step and G every train.d_steps_per_g-th step. Both stay one batch per step, so the
-sample stream is a function of the step and resuming is exact.
-
-The run folder holds config.toml (resolved), checkpoints/, metrics.jsonl, samples/, tb/ (when
-tensorboard is installed and log.tensorboard is on) and best.safetensors.
-
-Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) the run is data-parallel: gloo
-on CPU, NCCL on CUDA. data.batch_size is the GLOBAL batch, split evenly over the ranks; rank r
-takes global samples r, r+W, ..., so W ranks see exactly the samples one process would. Only rank 0
-logs, validates and writes checkpoints.
-
-Reading order: `train` at the end of the loop section is the loop itself. `setup_run` builds a
-`RunState` (everything one process holds: models, optimisers, EMA, scaler, batches, step, outputs);
-each step is `generator_step` then `discriminator_step`; `log_losses`, `validate_and_keep_best` and
-`save_checkpoint` run at their intervals. Losses stay on the device (`LossMeter`) until a log,
-validation or checkpoint reads them, so a GPU is not made to wait every step.
+"""`superres train CONFIG --run-dir DIR [--set key=value] [--resume auto]`: the command over
+training.loop.train (config loading, run-folder errors, the resume hint).
 """
 from __future__ import annotations
 

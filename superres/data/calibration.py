@@ -1,29 +1,5 @@
-"""int8 inference on the CPU (`--precision int8`): a generator statically quantized by ONNX Runtime.
-
-The fp32 generator is exported to ONNX (export.export_onnx) and quantized with
-`onnxruntime.quantization.quantize_static`: QDQ format, per-channel int8 weights, uint8 activations
-with reduce_range (7-bit activations: without AVX-512 VNNI the u8 x s8 multiply-add can saturate at
-8 bits), MinMax ranges. ONNX Runtime fuses the QDQ pairs into integer convolutions on its CPU
-provider; there is no int8 kernel on CUDA or MPS here, so int8 is CPU only.
-
-Calibration: static quantization fixes every activation's range in advance from sample inputs.
-Ranges are taken from LR patches of training images (T91 and BSD200, never a benchmark set),
-made the way training makes them: random HR crops of CALIB_SIZE * scale pixels, downscaled by
-MATLAB bicubic (degrade.imresize); CALIB_PATCHES patches, seed CALIB_SEED.
-
-The shipped models come with their int8 file beside the weights (`psnr-x4.int8.onnx`), made by
-
-    python -m superres.int8 --model psnr-x4 --calib-dir ../shared/data/train/T91 \\
-        --calib-dir ../shared/data/train/BSD200
-
-It records the sha256 of the weights it was made from; a file that does not match its weights is
-refused rather than silently used. Any other generator (a weights file, a --strength blend) is
-quantized when it is loaded, from calibration images the caller gives (`int8_calibration`,
-`--int8-calibration DIR`): about a minute for an MSRResNet, and photos like the ones to upscale.
-
-Measured with an AVX2 CPU, one thread (benchmarks/int8_experiment.py, numbers in its docstring):
-psnr-x4 2.5x the speed of fp32 for 0.011 dB less PSNR on Set14; all four shipped models 2.2-2.5x
-for at most 0.032 dB.
+"""Calibration patches for static int8 quantization: seeded LR crops of image folders, made by one
+of the named degradations (bicubic, realistic, camera).
 """
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Degradations that make LR images from HR ones.
-
-`imresize` reproduces MATLAB's `imresize(img, scale, 'bicubic')`, which is how every published SR
-benchmark made its LR inputs: Keys cubic with a=-0.5, the kernel widened by 1/scale when shrinking
-(antialiasing), symmetric border handling, one dimension at a time (the one shrinking most first,
-rows first on a tie) and, for uint8 images, rounding to uint8 after each pass.
-
-`RealisticDegrader` is the second-order degradation of Real-ESRGAN (Wang et al. 2021, "Real-ESRGAN:
-Training Real-World Blind Super-Resolution with Pure Synthetic Data"): blur, resize, noise, JPEG,
-twice, then a sinc filter and the final resize/JPEG in random order. It runs on (B, 3, H, W) batches
-on the training device; every random choice comes from one torch.Generator, so a batch is
-reproducible from its seed. Every range is a field of `config.DegradeConfig`.
+"""MATLAB's imresize (bicubic, antialiased), exact to the last bit on uint8: the benchmark LR of
+the paper protocol, the clean training LR, and the resize the metrics use.
 """
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""`superres export` and `superres interpolate`: turn training runs into files users load.
-
-    superres export runs/psnr -o psnr.safetensors --onnx psnr.onnx --description "MSRResNet x4, L1"
-    superres interpolate psnr.safetensors gan.safetensors --alpha 0.7 -o mix.safetensors
-
-Export reads a run folder (its latest checkpoint, or best.safetensors with --best), a bare training
-checkpoint, or an already exported .safetensors file, and writes one generator (EMA by default) with
-the metadata that rebuilds it (weights.save_weights) plus where it came from: the training config's
-digest and TOML text, the step, the last validation record and the best score.
-
-Interpolation is ESRGAN's network interpolation (Wang et al. 2018, sec. 3.4): a parameter-wise blend
-of a PSNR-oriented and a GAN-trained model of the same architecture, trading fidelity for texture
-without retraining.
+"""Network interpolation (ESRGAN): weights = alpha * A + (1 - alpha) * B for two state dicts of one
+architecture, as `--strength` and `superres interpolate` use it.
 """
 from __future__ import annotations
 

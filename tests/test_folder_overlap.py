@@ -127,8 +127,12 @@ def test_entries_and_log_lines_come_in_input_order_whatever_the_timing(tmp_path,
         (str(src / n), s) for n, s in [("a.png", "ok"), ("b.png", "skipped"), ("c.png", "error"),
                                        ("d.png", "ok"), ("e.png", "ok")]]
     logged = _messages(caplog)
-    assert len(logged) == 2 and logged[0] == f"{out / 'b.png'} exists, skipped (--overwrite replaces it)"
-    assert logged[1].startswith(f"{src / 'c.png'}: ")
+    assert len(logged) == 5
+    for line, name in zip([logged[0], logged[3], logged[4]], ["a.png", "d.png", "e.png"]):
+        # a written file's line names it and what its analysis found
+        assert line.startswith(f"{src / name} -> {out / name} (noise ") and "detail" in line
+    assert logged[1] == f"{out / 'b.png'} exists, skipped (--overwrite replaces it)"
+    assert logged[2].startswith(f"{src / 'c.png'}: ")
     assert threading.current_thread().name not in threads["read"] | threads["write"]
     assert (out / "b.png").read_bytes() == b"kept"
 

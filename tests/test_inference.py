@@ -153,11 +153,11 @@ def test_oom_back_off_remembers_the_tile_that_worked(monkeypatch):
     real = up._run_tile
     sides: list[int] = []
 
-    def small_memory(x: torch.Tensor) -> torch.Tensor:
+    def small_memory(x: torch.Tensor, model=None) -> torch.Tensor:
         sides.append(max(x.shape[-2:]))
         if max(x.shape[-2:]) > 40:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(x)
+        return real(x, model)
 
     monkeypatch.setattr(up, "_run_tile", small_memory)
     img = np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)

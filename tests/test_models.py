@@ -52,8 +52,8 @@ def test_shipped_files_carry_their_model_card():
         cfg = tomllib.loads(meta["config"])
         paths = cfg["data"]["train_dirs"] + cfg["data"]["val_dirs"] + [cfg["model"]["pretrained"]]
         assert not [p for p in paths if Path(p).is_absolute()], f"{name}: absolute paths in its config"
-    # real photos first: the first real-world model shipped is the default, else gan-x4
-    real = [n for n in ("real-x4", "realnet-x4") if MODELS[n].available]
+    # photos first: the adaptive photo family is the default, else the first real-world model
+    real = [n for n in ("photo-x4", "realnet-x4", "real-x4") if MODELS[n].available]
     assert default_model_name() == (real[0] if real else "gan-x4")
 
 
@@ -132,7 +132,8 @@ def test_default_model_loads_from_the_installed_package(tmp_path):
     assert out[1] == default_model_name() and out[2] == "(32,"
 
 
-REAL_MODELS = [name for name, e in MODELS.items() if e.inputs == "real"]
+# the photo family has its own floors (test_default_model.py)
+REAL_MODELS = [name for name, e in MODELS.items() if e.inputs == "real" and not name.startswith("photo-")]
 
 
 @pytest.mark.parametrize("name", REAL_MODELS)

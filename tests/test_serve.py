@@ -183,7 +183,7 @@ def test_models_health_and_docs(make_client):
     client = make_client()
     models = client.get("/v1/models").json()
     assert models["models"] == [{"name": "tiny", "scale": 4, "description": "tiny: x4", "strength": False,
-                                 "default": True}]
+                                 "default": True, "adaptive": False}]
     assert models["limits"]["max_pixels"] == 4_000_000
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/docs").status_code == 200

@@ -188,9 +188,11 @@ def _write_png_atomic(path: str | os.PathLike, im: Image.Image) -> None:
 # CLI
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="NAME|PATH|bicubic|hr",
-                   help="model to evaluate (repeatable): a shipped name, a weights file, bicubic, or hr "
-                        "(the HR image itself: a reference row for NIQE; its PSNR is inf)")
+    p.add_argument("--model", action="append", required=True, metavar="NAME|PATH|default|bicubic|hr",
+                   help="model to evaluate (repeatable): a shipped name, a weights file, default (the "
+                        "pipeline `superres upscale` runs without --model: photo-x4 with --strength "
+                        "auto), bicubic, or hr (the HR image itself: a reference row for NIQE; its PSNR "
+                        "is inf)")
     p.add_argument("--data", action="append", required=True, metavar="DIR",
                    help="dataset folder with HR images or an HR/ subfolder (repeatable); with "
                         "--no-reference, a folder of LR photos")
@@ -272,6 +274,8 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device, precisio
             label, up = "bicubic", bicubic_upscaler(scale)
         elif spec == "hr":
             label, up = "hr", HR_REFERENCE
+        elif spec == "default" or (spec in MODELS and MODELS[spec].heavy):
+            label, up = spec, _pipeline_upscaler(spec, scale, device, precision)
         else:
             model, info = load_generator(resolve_model_path(spec), hparams=hparams)
             if info["scale"] != scale:
@@ -292,6 +296,23 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device, precisio
             label = f"{label}#{labels.count(label) + 1}"
         out.append((label, up))
     return out
+
+
+def _pipeline_upscaler(spec: str, scale: int, device: torch.device, precision: str) -> Upscaler:
+    """`superres upscale`'s own pipeline (default tiles, --strength auto of a blend family) for an
+    LR array: `default` is the model upscale runs without --model."""
+    from ..inference.models import default_model_name
+    from ..inference.upscaler import Upscaler as ImageUpscaler
+
+    name = default_model_name() if spec == "default" else spec
+    if precision == "int8":
+        raise ValueError(f"--model {spec} ({name}) picks a blend per image, which int8 cannot run; "
+                         "evaluate its ends by name with --precision int8 instead")
+    up = ImageUpscaler.from_pretrained(name, device=str(device), precision=precision)
+    if up.scale != scale:
+        raise ValueError(f"model {spec} ({name}) upscales x{up.scale} but --scale is {scale}; "
+                         f"pass --scale {up.scale}")
+    return up.upscale_pixels
 
 
 def run_eval(args: argparse.Namespace) -> int:

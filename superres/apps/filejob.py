@@ -32,6 +32,8 @@ __all__ = ["FileJobOptions", "upscale_file", "upscale_files"]
 probe_image = lazy_function("superres.io.images", "probe_image")
 read_image = lazy_function("superres.io.images", "read_image")
 write_image = lazy_function("superres.io.images", "write_image")
+analyze_image = lazy_function("superres.inference.analysis", "analyze_image")
+describe_analysis = lazy_function("superres.inference.analysis", "describe")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +66,8 @@ class FileJobOptions:
 
 def upscaler_options(args: argparse.Namespace) -> dict[str, Any]:
     """`Upscaler.from_pretrained` keywords from the command line (the local loop, video, Ray workers)."""
-    return {"name_or_path": args.model, "strength": args.strength, "device": args.device,
+    strength = args.denoise if getattr(args, "denoise", None) is not None else getattr(args, "strength", None)
+    return {"name_or_path": args.model, "strength": strength, "device": args.device,
             "precision": args.precision, "tile": args.tile, "tile_overlap": args.tile_overlap,
             "hparams": dict(getattr(args, "hparams", None) or []) or None,
             "int8_calibration": getattr(args, "int8_calibration", None)}
@@ -180,8 +183,23 @@ def _read_stage(job: _FileJob, up: "Upscaler", args: FileJobOptions,
         img = read_image(src)
         entry["input_size"] = [img.width, img.height]
         _check_size(src, img.width, img.height, up.scale, args)   # EXIF may have turned it
+        # what the input needs (noise, JPEG quality, detail): reported, and read by --strength auto
+        entry["analysis"] = analyze_image(img.pixels, jpeg_tables=_jpeg_tables(src, img))
         job.img = img
     return job
+
+
+def _jpeg_tables(src: Path, img: "ImageData") -> Any:
+    """A JPEG file's quantization tables (its quality), or None; read from the header only."""
+    if getattr(img, "format", None) != "JPEG":
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            return getattr(im, "quantization", None)
+    except (OSError, SyntaxError, ValueError):
+        return None   # decoded once already: a header that cannot be read twice only loses the quality
 
 
 def _skip_existing(job: _FileJob, args: FileJobOptions) -> bool:
@@ -199,13 +217,17 @@ def _compute_stage(job: _FileJob, up: "Upscaler", args: FileJobOptions) -> None:
 
     img, job.img = job.img, None
     with _FileErrors(job):
+        strength = up.choose_strength(measures=job.entry.get("analysis") or None) if up.adaptive \
+            else up.choose_strength()
+        if strength is not None:
+            job.entry["strength"] = strength
         tiles = tqdm(total=up.count_tiles(img.height, img.width) * (2 if img.alpha is not None
                                                                     and args.alpha == "model" else 1),
                      desc=job.src.name, unit="tile", leave=False, file=sys.stderr,
                      disable=args.no_progress)
         with tiles:
             job.result = up.upscale_image(img, outscale=args.outscale, width=args.width,
-                                          height=args.height, alpha=args.alpha,
+                                          height=args.height, alpha=args.alpha, strength=strength,
                                           on_tile=lambda done, total: tiles.update(1))
 
 
@@ -220,6 +242,8 @@ def _write_stage(job: _FileJob, args: FileJobOptions, fmt: str | None) -> _FileJ
             raise ImageError(f"{job.src}: could not write the output {e.filename or job.dst} "
                              f"({e.strerror or e})") from None
         job.entry.update(status="ok", output_size=[result.width, result.height])
+        line = describe_analysis(job.entry.get("analysis") or {}, job.entry.get("strength"))
+        job.note = (logging.INFO, "%s -> %s (%s)", (job.src, job.dst, line), None)
     return job
 
 

@@ -85,7 +85,7 @@ class ModelSlot:
     spec: str                 # what was given at start-up: a registry name or a path
     scale: int
     description: str
-    has_twin: bool            # --strength works (a GAN model with a PSNR twin)
+    has_twin: bool            # strength works (a GAN model with a PSNR twin, or a blend family)
     upscaler: Any             # superres.upscale.Upscaler at strength 1
 
 
@@ -115,7 +115,7 @@ class ModelPool:
             label = spec if spec in MODELS else Path(spec).stem
             entry = MODELS.get(spec)
             desc = entry.description if entry else f"weights file {Path(spec).name}"
-            twin = bool(up.info.get("metadata", {}).get("psnr_twin"))
+            twin = bool(up.info.get("metadata", {}).get("psnr_twin")) or up.adaptive
             self.slots[label] = ModelSlot(label, spec, up.scale, desc, twin, up)
         if not self.slots:
             raise ValueError("no models to serve")
@@ -129,7 +129,9 @@ class ModelPool:
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": s.label, "scale": s.scale, "description": s.description,
-                 "strength": s.has_twin and self.blends, "default": s.label == self.default}
+                 "strength": s.has_twin and self.blends, "default": s.label == self.default,
+                 # picks its strength per image unless one is given (photo-x4)
+                 "adaptive": bool(getattr(s.upscaler, "adaptive", False))}
                 for s in self.slots.values()]
 
     def check(self, label: str | None, strength: float | None) -> tuple[str, float | None]:
@@ -145,8 +147,8 @@ class ModelPool:
                 raise RequestError(422, f"model {label!r} has no PSNR twin, so strength cannot blend "
                                         "it; leave strength out or use 1")
             strength = round(strength, 2)
-            if strength == 1.0:
-                strength = None
+            if strength == 1.0 and not getattr(self.slots[label].upscaler, "adaptive", False):
+                strength = None   # the model as trained (for a blend family, 1 is its heavy end)
             elif not self.blends:
                 raise RequestError(422, "strength cannot blend models served in int8 (--precision int8 "
                                         "quantizes the models as trained); leave strength out or use 1")
@@ -154,8 +156,8 @@ class ModelPool:
 
     def get(self, label: str, strength: float | None) -> Any:
         slot = self.slots[label]
-        if strength is None:
-            return slot.upscaler
+        if strength is None or getattr(slot.upscaler, "adaptive", False):
+            return slot.upscaler   # an adaptive one runs any strength it is given
         key = (label, strength)
         if key not in self._blends:
             from ..inference.upscaler import Upscaler
@@ -187,6 +189,8 @@ class Job:
     media_type: str | None = None
     result_name: str | None = None
     size: tuple[int, int] | None = None
+    analysis: dict[str, Any] | None = None   # the input's noise, JPEG quality, detail (analysis.py)
+    used_strength: float | None = None       # the blend it ran at (chosen per image, or asked for)
     created: float = field(default_factory=time.monotonic)
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -195,7 +199,8 @@ class Job:
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "progress": round(self.progress, 4), "error": self.error,
                 "model": self.model, "filename": self.filename,
-                "width": self.size[0] if self.size else None, "height": self.size[1] if self.size else None}
+                "width": self.size[0] if self.size else None, "height": self.size[1] if self.size else None,
+                "analysis": self.analysis, "strength": self.used_strength}
 
 
 class Service:
@@ -328,6 +333,7 @@ class Service:
         job.done.set()
 
     def _process(self, job: Job) -> None:
+        from ..inference.analysis import analyze_image
         from ..io.images import ImageError, decode_image, encode_image
 
         job.state = "running"
@@ -336,6 +342,18 @@ class Service:
             img = decode_image(job.data, job.filename)
         except ImageError as e:
             raise RequestError(422, str(e)) from None
+        tables = None
+        if img.format == "JPEG":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(job.data)) as im:   # decoded once already: the header is sound
+                tables = getattr(im, "quantization", None)
+        job.analysis = analyze_image(img.pixels, jpeg_tables=tables)
+        if getattr(up, "adaptive", False):
+            job.used_strength = job.strength if job.strength is not None \
+                else up.choose_strength(measures=job.analysis)
+        else:
+            job.used_strength = up.choose_strength()
         total = max(1, up.count_tiles(img.height, img.width))
 
         def on_tile(done: int, _total: int) -> None:
@@ -343,7 +361,7 @@ class Service:
             if job.cancel.is_set():
                 raise JobCancelled()
 
-        out = up.upscale_image(img, outscale=job.outscale, on_tile=on_tile)
+        out = up.upscale_image(img, outscale=job.outscale, on_tile=on_tile, strength=job.used_strength)
         if job.cancel.is_set():
             raise JobCancelled()
         fmt = job.format or _PIL_TO_FORMAT.get(img.format or "", "png")
@@ -352,6 +370,18 @@ class Service:
         job.result_name = f"{Path(job.filename).stem or 'image'}_x{job.outscale or up.scale:g}.{_ext(fmt)}"
         job.size = (out.width, out.height)
         job.progress = 1.0
+
+
+def result_headers(job: Job) -> dict[str, str]:
+    """The result's headers: its file name, and what the input analysis found and chose (ASCII)."""
+    from ..inference.analysis import describe
+
+    headers = {"Content-Disposition": content_disposition(job.result_name or "result")}
+    if job.analysis is not None:
+        headers["X-Superres-Analysis"] = describe(job.analysis)
+    if job.used_strength is not None:
+        headers["X-Superres-Strength"] = f"{job.used_strength:g}"
+    return headers
 
 
 def _ext(fmt: str) -> str:
@@ -499,8 +529,7 @@ def create_app(pool: ModelPool, cfg: ServiceConfig | None = None):
         if job.state != "done":
             raise RequestError(job.error_status if job.state == "failed" else 503,
                                job.error or "the job was cancelled (the server is shutting down)")
-        return Response(job.result, media_type=job.media_type,
-                        headers={"Content-Disposition": content_disposition(job.result_name)})
+        return Response(job.result, media_type=job.media_type, headers=result_headers(job))
 
     @app.post("/v1/jobs", status_code=202)
     async def create_job(file: UploadFile = File(...), model: str | None = Form(None),
@@ -521,8 +550,7 @@ def create_app(pool: ModelPool, cfg: ServiceConfig | None = None):
             raise RequestError(job.error_status, job.error or "failed")
         if job.state != "done":
             raise RequestError(409, f"job {job_id} is {job.state}, not done; poll GET /v1/jobs/{job_id}")
-        return Response(job.result, media_type=job.media_type,
-                        headers={"Content-Disposition": content_disposition(job.result_name)})
+        return Response(job.result, media_type=job.media_type, headers=result_headers(job))
 
     @app.delete("/v1/jobs/{job_id}")
     async def job_cancel(job_id: str):

@@ -63,10 +63,24 @@ def hparam(text: str) -> tuple[str, Any]:
         return key.strip(), value.strip()
 
 
+def check_denoise(args: argparse.Namespace) -> None:
+    """ValueError when --denoise names a model that is not a blend family (before it loads)."""
+    if getattr(args, "denoise", None) is None:
+        return
+    from ..inference.models import MODELS, default_model_name
+
+    name = args.model or default_model_name()
+    if name not in MODELS or MODELS[name].heavy is None:
+        families = ", ".join(n for n, e in MODELS.items() if e.heavy) or "none shipped"
+        raise ValueError(f"--denoise {args.denoise:g}: model {name} is not a blend family "
+                         f"(families: {families}); for a GAN model with a PSNR twin use --strength")
+
+
 def _load_upscaler(args: argparse.Namespace) -> "Upscaler | None":
     """The model the options name, or None after logging why not (a usage error: exit 2)."""
     from ..inference.upscaler import Upscaler
     try:
+        check_denoise(args)
         up = Upscaler.from_pretrained(**upscaler_options(args))
     except (ModelNotFound, ValueError, runtime.RuntimeChoiceError) as e:
         log.error("%s", e)
@@ -219,6 +233,10 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _strength(text: str) -> str | float:
+    return "auto" if text.strip().lower() == "auto" else _unit_float(text)
+
+
 def _pixel_count(text: str) -> int:
     """'50000000', '50M', '0.5G', '2e6' -> a number of pixels; 0 = no limit."""
     t = text.strip().upper()
@@ -240,8 +258,16 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="a hyperparameter a foreign weights file cannot reveal from its keys (repeatable), "
                         "e.g. --hparams act_type=leakyrelu for a compact net; the loader says when one "
                         "is needed")
-    p.add_argument("--strength", type=_unit_float, default=None, metavar="0..1",
-                   help="blend a GAN model toward its PSNR twin: 1 = GAN as trained, 0 = PSNR model")
+    blend = p.add_mutually_exclusive_group()
+    blend.add_argument("--strength", type=_strength, default="auto", metavar="auto|0..1",
+                       help="auto (default): photo-x4 picks its blend per image from the input's noise, JPEG "
+                            "blocking and detail (shown in the log and --report), other models run as "
+                            "trained; a number fixes the blend: for photo-x4 0 = its light end, 1 = its "
+                            "heavy (denoising) end, for a GAN model with a PSNR twin 1 = the GAN as "
+                            "trained, 0 = the PSNR model")
+    blend.add_argument("--denoise", type=_unit_float, default=None, metavar="0..1",
+                       help="photo-x4 only: override the automatic choice, 0 = keep everything (light "
+                            "end), 1 = remove the most noise and JPEG damage (heavy end)")
     p.add_argument("--tile", type=int_in(0), default=None, metavar="N",
                    help="tile side in input pixels; 0 = whole image at once (default: from free memory)")
     p.add_argument("--tile-overlap", type=int_in(0), default=DEFAULT_OVERLAP, metavar="N",

@@ -109,7 +109,7 @@ def _manifest(src: Path, up: Any, opts: VideoOptions, seg_frames: int) -> dict[s
     return {"input": str(src.resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
             "model": digest.hexdigest()[:16], "precision": up.precision, "tile": up.tile,
             # the overlap changes the tile seams (its default went from 16 to 8 pixels)
-            "tile_overlap": up.tile_overlap,
+            "tile_overlap": up.tile_overlap, "adaptive": up.adaptive,
             "options": asdict(opts), "segment_frames": seg_frames}
 
 
@@ -239,12 +239,15 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
         rotation = 0
         frames = upscaled = 0
         pending: list[Any] = []   # decoded frames waiting for a batch; never across a segment end
+        # an adaptive model (photo-x4) picks one blend for the whole video, from its first frame,
+        # so the look does not jump between batches (and a resumed run picks the same)
+        strength: float | None = None
 
         def flush() -> None:
             nonlocal upscaled
             if not pending:
                 return
-            outs = up.upscale_frames([_rgb(f) for f in pending])
+            outs = up.upscale_frames([_rgb(f) for f in pending], strength=strength)
             for f, sr in zip(pending, outs):
                 writer.write(sr, f.pts, f.time_base)
                 upscaled += 1
@@ -261,6 +264,9 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
                 frames = n + 1
                 if n == 0:
                     rotation = int(getattr(frame, "rotation", 0) or 0)
+                    if up.adaptive:
+                        strength = up.choose_strength(_rgb(frame))
+                        log.info("%s: strength %g for every frame (chosen from the first)", src, strength)
                 k = n // seg_frames
                 if k in done_segments:
                     skipped += 1
@@ -291,7 +297,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
         _join(src, dst, parts, segments, rotation)
     shutil.rmtree(parts, ignore_errors=True)
     return {"frames": frames, "segments": segments, "reused_segments": len(done_segments & set(range(segments))),
-            "upscaled_frames": upscaled, "width": size[0], "height": size[1]}
+            "upscaled_frames": upscaled, "width": size[0], "height": size[1], "strength": strength}
 
 
 def _packets(container: Any, streams: list[Any]) -> Iterator[Any]:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..io.images import read_image
 
-__all__ = ["analyze_image", "analyze_file", "luma", "estimate_noise", "jpeg_quality_from_tables",
+__all__ = ["analyze_image", "analyze_file", "describe", "luma", "estimate_noise", "jpeg_quality_from_tables",
            "ijg_luminance_table", "blockiness", "detail", "IJG_LUMINANCE"]
 
 # JPEG spec Annex K.1, table K.1 (luminance), in natural (row-major) order
@@ -202,3 +202,19 @@ def analyze_file(path: str | os.PathLike) -> dict:
     out = {"file": str(path)}
     out.update(analyze_image(img.pixels, jpeg_tables=tables))
     return out
+
+
+def describe(analysis: dict, strength: float | None = None) -> str:
+    """One short line of an analysis (and the strength chosen from it), for logs and the web page."""
+    parts = []
+    if analysis.get("noise_sigma") is not None:
+        parts.append(f"noise {analysis['noise_sigma']:.1f}")
+    if analysis.get("jpeg_quality") is not None:
+        parts.append(f"JPEG quality {analysis['jpeg_quality']}")
+    if analysis.get("blockiness") is not None:
+        parts.append(f"blockiness {analysis['blockiness']:.2f}")
+    if analysis.get("detail") is not None:
+        parts.append(f"detail {analysis['detail']:.0f}")
+    if strength is not None:
+        parts.append(f"strength {strength:g}")
+    return ", ".join(parts) or "no analysis"

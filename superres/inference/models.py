@@ -21,6 +21,9 @@ class ModelEntry:
     # what the model was trained for: "clean" (bicubic-downscaled, the paper benchmarks) or "real"
     # (photos with blur, noise and JPEG: the `realistic` degradation)
     inputs: str = "clean"
+    # A blend family: the model at the other end of `--strength` (0 = this file, 1 = that model), with
+    # the strength picked per image from the input analysis (inference/adaptive.py) unless given.
+    heavy: str | None = None
 
     @property
     def path(self) -> Path:
@@ -28,10 +31,18 @@ class ModelEntry:
 
     @property
     def available(self) -> bool:
-        return self.path.is_file()
+        return self.path.is_file() and (self.heavy is None or MODELS[self.heavy].available)
 
 
 MODELS: dict[str, ModelEntry] = {
+    "photo-x4": ModelEntry("photo-x4", "photo-x4-light.safetensors", 4,
+                           "The default for photos: per image, a blend of photo-x4-light (clean and "
+                           "lightly compressed inputs) and realnet-x4 (noisy, blurred, heavily "
+                           "compressed ones), chosen from the input's noise, JPEG blocking and detail.",
+                           inputs="real", heavy="realnet-x4"),
+    "photo-x4-light": ModelEntry("photo-x4-light", "photo-x4-light.safetensors", 4,
+                                 "Compact net fine-tuned from realnet-x4 with L1 on clean, camera-like and "
+                                 "a few heavily degraded inputs: the faithful end of photo-x4.", inputs="real"),
     "psnr-x4": ModelEntry("psnr-x4", "psnr-x4.safetensors", 4,
                           "MSRResNet trained with L1 loss on T91+BSD200: highest fidelity (PSNR)."),
     "gan-x4": ModelEntry("gan-x4", "gan-x4.safetensors", 4,
@@ -48,9 +59,9 @@ MODELS: dict[str, ModelEntry] = {
                              "twice): cleans real photos faithfully, without invented texture.", inputs="real"),
 }
 
-# The preferred default; falls back down this list to the first model whose file is shipped. Real
-# photos come first: a model trained only on clean bicubic LR sharpens their noise and JPEG blocks.
-DEFAULT_ORDER = ("real-x4", "realnet-x4", "gan-x4", "psnr-x4")
+# The preferred default; falls back down this list to the first model whose file is shipped. Models
+# for real photos come first: one trained only on clean bicubic LR sharpens noise and JPEG blocks.
+DEFAULT_ORDER = ("photo-x4", "realnet-x4", "real-x4", "gan-x4", "psnr-x4")
 
 
 def default_model_name() -> str:

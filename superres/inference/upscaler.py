@@ -12,6 +12,7 @@ than run two forwards on one accelerator at once.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -36,6 +37,7 @@ from ..io.images import (
     resize_plane,
 )
 from . import runtime
+from .adaptive import analyze_for_strength, auto_strength
 from .core import (
     MAX_AUTO_TILE,
     _fits_cpu_budget,
@@ -109,6 +111,55 @@ class Upscaler:
         # instead of failing again. Only ever lowered, under _limit_lock.
         self._tile_limit: int | None = None
         self._limit_lock = threading.Lock()
+        # A blend family picking its strength per image (`strength="auto"`): the two ends' weights
+        # and the blends made so far, by strength (each a copy of the net), made under _blend_lock.
+        self._family: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self._blends: dict[float, nn.Module] = {}
+        self._blend_lock = threading.Lock()
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether this Upscaler picks a blend per image (`--strength auto` of a blend family)."""
+        return self._family is not None
+
+    def _set_family(self, light: dict[str, torch.Tensor], heavy: dict[str, torch.Tensor]) -> None:
+        if self.precision == "int8":
+            raise runtime.RuntimeChoiceError(
+                f"{self.name} picks a blend of two models per image, and int8 runs one fixed model "
+                "(its ONNX file); for int8 pick one end by name (e.g. photo-x4-light or realnet-x4)")
+        self._family = ({k: v.detach().cpu().clone() for k, v in light.items()},
+                        {k: v.detach().cpu().clone() for k, v in heavy.items()})
+        self._blends[0.0] = self.model
+
+    def choose_strength(self, pixels: np.ndarray | None = None, measures: dict[str, Any] | None = None
+                        ) -> float | None:
+        """The strength this Upscaler runs an image at: for an adaptive one, `adaptive.auto_strength`
+        of the image's measures (given, or taken from `pixels`); otherwise the fixed blend of its
+        weights (None = the model as trained)."""
+        if self._family is None:
+            return self.info.get("strength")
+        if measures is None:
+            if pixels is None:
+                raise ValueError("choose_strength needs the image's pixels or its measures")
+            measures = analyze_for_strength(pixels)
+        return auto_strength(measures)
+
+    def _model_at(self, strength: float | None) -> nn.Module:
+        """The net for a strength of the family (self.model when not adaptive)."""
+        if self._family is None or strength is None:
+            return self.model
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        key = round(float(strength), 2)
+        with self._blend_lock:
+            model = self._blends.get(key)
+            if model is None:
+                from .interpolate import interpolate_state_dicts
+
+                model = copy.deepcopy(self.model)
+                model.load_state_dict(interpolate_state_dicts(*self._family, key), strict=True)
+                self._blends[key] = model
+        return model
 
     def tune_host_allocator(self) -> bool:
         """Make glibc's malloc keep freed memory for reuse, for the whole process, when this
@@ -127,30 +178,46 @@ class Upscaler:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, strength: float | None = None,
-                        hparams: dict[str, Any] | None = None, **kwargs: Any) -> "Upscaler":
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *,
+                        strength: float | str | None = None, hparams: dict[str, Any] | None = None,
+                        **kwargs: Any) -> "Upscaler":
         """A shipped model by name (None = the default) or any weights file we can load.
 
-        strength in [0, 1] blends a GAN model toward its PSNR twin (ESRGAN network interpolation):
-        1 = the GAN model as trained, 0 = the PSNR model. hparams: hyperparameters a foreign file's
-        keys cannot reveal (e.g. {"act_type": "leakyrelu"}); see weights.load_generator.
+        strength: for a blend family (the default photo-x4): "auto" or None picks the blend per
+        image from its analysis (inference/adaptive.py), a number in [0, 1] fixes it (0 = the light
+        end, 1 = the heavy one). For a GAN model with a PSNR twin: a number blends toward the twin
+        (ESRGAN network interpolation; 1 = the GAN model as trained, 0 = the PSNR model); "auto" or
+        None = as trained. hparams: hyperparameters a foreign file's keys cannot reveal (e.g.
+        {"act_type": "leakyrelu"}); see weights.load_generator.
         """
+        if isinstance(strength, str) and strength != "auto":
+            raise ValueError(f"strength {strength!r}; allowed values: auto or a number in [0, 1]")
         name = str(name_or_path) if name_or_path is not None else default_model_name()
         path = resolve_model_path(name)
         model, info = load_generator(path, hparams=hparams)
         info["name"] = name if name in MODELS else Path(name).stem
-        if strength is not None and strength != 1.0:
+        heavy = MODELS[name].heavy if name in MODELS else None
+        if heavy is not None:
+            heavy_state, _ = read_state_dict(resolve_model_path(heavy))
+            info["heavy"] = heavy
+            if strength is None or strength == "auto":
+                light_state = {k: v.clone() for k, v in model.state_dict().items()}
+                up = cls(model, info, **kwargs)
+                up._set_family(light_state, heavy_state)
+                return up
+            _blend_family(model, info, heavy_state, float(strength))
+        elif strength not in (None, "auto") and strength != 1.0:
             _blend_with_twin(model, info, path, float(strength))
         return cls(model, info, **kwargs)
 
     # -- the core -------------------------------------------------------------------------------
 
-    def _run_tile(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_tile(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         """(1, C, h, w) float32 in [0, 1] on the CPU -> (1, C, h*s, w*s) float32 on the device."""
         with self._lock:
             x = x.to(self.device, non_blocking=True)
-            return upscale_tensor(self.model, x, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                                  multiple=self.multiple)
+            return upscale_tensor(model or self.model, x, amp_dtype=self.amp_dtype,
+                                  channels_last=self.channels_last, multiple=self.multiple)
 
     def tile_size(self) -> int:
         """The LR tile side the next call starts with: the setting (or the automatic size), capped
@@ -161,24 +228,29 @@ class Upscaler:
             return limit
         return tile
 
-    def upscale_pixels(self, pixels: np.ndarray, *, on_tile: Callable[[int, int], None] | None = None
-                       ) -> np.ndarray:
+    def upscale_pixels(self, pixels: np.ndarray, *, on_tile: Callable[[int, int], None] | None = None,
+                       strength: float | None = None) -> np.ndarray:
         """(H, W, C) uint8/uint16/float32 array -> (H*s, W*s, C) in the same dtype.
 
         Any C: a 1-channel image goes through an RGB model as three equal channels and comes back as
-        the mean of the three; RGB through a 1-channel model goes plane by plane.
+        the mean of the three; RGB through a 1-channel model goes plane by plane. strength: the
+        blend of an adaptive Upscaler (None = `choose_strength` of these pixels); ignored otherwise.
         """
         if pixels.ndim == 2:
-            return self.upscale_pixels(pixels[..., None], on_tile=on_tile)[..., 0]
+            return self.upscale_pixels(pixels[..., None], on_tile=on_tile, strength=strength)[..., 0]
+        if self._family is not None and strength is None:
+            strength = self.choose_strength(pixels)
+        model = self._model_at(strength)
         c = pixels.shape[2]
         if c == self.in_channels:
-            forward = self._run_tile
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return self._run_tile(x, model)
         elif self.in_channels == 3 and c == 1:
             def forward(x: torch.Tensor) -> torch.Tensor:
-                return self._run_tile(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+                return self._run_tile(x.expand(-1, 3, -1, -1), model).mean(dim=1, keepdim=True)
         elif self.in_channels == 1:
             def forward(x: torch.Tensor) -> torch.Tensor:
-                return torch.cat([self._run_tile(x[:, i:i + 1]) for i in range(x.shape[1])], dim=1)
+                return torch.cat([self._run_tile(x[:, i:i + 1], model) for i in range(x.shape[1])], dim=1)
         else:
             raise ValueError(f"a {c}-channel image cannot go through a {self.in_channels}-channel model")
         tile = self.tile_size()
@@ -200,14 +272,17 @@ class Upscaler:
     def count_tiles(self, height: int, width: int) -> int:
         return count_tiles(height, width, self.tile_size(), self.tile_overlap, self.multiple)
 
-    def upscale_frames(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+    def upscale_frames(self, frames: list[np.ndarray], *, strength: float | None = None) -> list[np.ndarray]:
         """Several same-size uint8 (H, W, C) frames (video) -> their upscales, several per forward
         when they fit together in one tile's area (the memory the tile size was chosen for);
         otherwise frame by frame through the tiles. The result of a frame is what `upscale_pixels`
         gives it, up to the last bit of fp32 arithmetic that a different batch size may change (conv
-        kernels pick their blocking by shape)."""
+        kernels pick their blocking by shape). An adaptive Upscaler runs all of them at `strength`
+        (None: `choose_strength` of the first frame), so a video does not flicker between blends."""
         if not frames:
             return []
+        if self._family is not None and strength is None:
+            strength = self.choose_strength(frames[0])
         h, w, c = frames[0].shape
         tile = self.tile_size()
         if self.tile is None and self._tile_limit is None:
@@ -218,12 +293,14 @@ class Upscaler:
         per = len(frames) if tile <= 0 else (tile * tile) // (h * w)
         same = all(f.shape == frames[0].shape and f.dtype == np.uint8 for f in frames)
         if len(frames) == 1 or per < 2 or not same or c != self.in_channels:
-            return [self.upscale_pixels(f) for f in frames]
+            return [self.upscale_pixels(f, strength=strength) for f in frames]
         if len(frames) > per:
-            return [y for i in range(0, len(frames), per) for y in self.upscale_frames(frames[i:i + per])]
+            return [y for i in range(0, len(frames), per)
+                    for y in self.upscale_frames(frames[i:i + per], strength=strength)]
         x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)   # (B, C, H, W)
+        model = self._model_at(strength)
         with self._lock:
-            y = upscale_tensor(self.model, x.to(self.device), amp_dtype=self.amp_dtype,
+            y = upscale_tensor(model, x.to(self.device), amp_dtype=self.amp_dtype,
                                channels_last=self.channels_last, multiple=self.multiple)
         # The same rounding as tiling._finish: clip, scale, +0.5, truncate.
         out = (y.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -233,16 +310,20 @@ class Upscaler:
 
     def upscale_image(self, img: ImageData, *, outscale: float | None = None, width: int | None = None,
                       height: int | None = None, alpha: str = "model",
-                      on_tile: Callable[[int, int], None] | None = None) -> ImageData:
-        """An ImageData (colour planes, alpha, ICC, EXIF) upscaled; metadata is carried over."""
+                      on_tile: Callable[[int, int], None] | None = None,
+                      strength: float | None = None) -> ImageData:
+        """An ImageData (colour planes, alpha, ICC, EXIF) upscaled; metadata is carried over.
+        strength: the blend of an adaptive Upscaler (None: chosen from the colour planes)."""
         if alpha not in ALPHA_MODES:
             raise ValueError(f"alpha={alpha!r}; allowed values: {', '.join(ALPHA_MODES)}")
         target = output_size(img.width, img.height, self.scale, outscale=outscale, width=width, height=height)
-        pixels = self.upscale_pixels(img.pixels, on_tile=on_tile)
+        if self._family is not None and strength is None:
+            strength = self.choose_strength(img.pixels)
+        pixels = self.upscale_pixels(img.pixels, on_tile=on_tile, strength=strength)
         out_alpha = None
         if img.alpha is not None:
             if alpha == "model":
-                out_alpha = self.upscale_pixels(img.alpha[..., None])[..., 0]
+                out_alpha = self.upscale_pixels(img.alpha[..., None], strength=strength)[..., 0]
                 _keep_flat_alpha(out_alpha, img.alpha, self.scale)
             else:
                 out_alpha = resize_plane(img.alpha, img.width * self.scale, img.height * self.scale,
@@ -310,6 +391,17 @@ def output_size(w: int, h: int, scale: int, *, outscale: float | None = None, wi
     if f <= 0:
         raise ValueError(f"outscale must be positive, got {outscale}")
     return max(1, round(w * f)), max(1, round(h * f))
+
+
+def _blend_family(model: nn.Module, info: dict[str, Any], heavy: dict[str, torch.Tensor], strength: float) -> None:
+    """In place: weights = (1 - strength) * this (light) model + strength * the family's heavy end."""
+    from .interpolate import interpolate_state_dicts
+
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    model.load_state_dict(interpolate_state_dicts(model.state_dict(), heavy, strength), strict=True)
+    info["strength"] = strength
+    info["name"] = f"{info.get('name', 'model')}@{strength:g}"
 
 
 def _blend_with_twin(model: nn.Module, info: dict[str, Any], path: Path, strength: float) -> None:

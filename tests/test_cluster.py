@@ -22,7 +22,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (the [cluster] ext
 
 from superres.archs import build_generator  # noqa: E402
 from superres.apps.cli import main  # noqa: E402
-from superres.apps.cluster import UpscaleWorker, run_on_ray  # noqa: E402
+from superres.apps.cluster import RayOptions, UpscaleWorker, run_on_ray  # noqa: E402
+from superres.apps.filejob import FileJobOptions  # noqa: E402
 from superres.inference.weights import save_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,16 +112,13 @@ class _CrashOnce(UpscaleWorker):
 
 
 def test_a_killed_worker_is_replaced_and_its_task_retried(cluster, tiny, tmp_path):
-    import argparse
-
     names = _images(tmp_path / "in")
     (tmp_path / "out").mkdir()
     plan = [(tmp_path / "in" / n, tmp_path / "out" / n) for n in names]
-    args = argparse.Namespace(ray=cluster, workers=2, gpus_per_worker=0.0, model=str(tiny), strength=None,
-                              device="cpu", precision="fp32", tile=None, tile_overlap=16, overwrite=False,
-                              outscale=None, width=None, height=None, alpha="model", quality=95, png_level=3,
-                              max_pixels=0, max_output_pixels=0, no_progress=True)
-    entries = run_on_ray(args, plan, None, {p for p, _ in plan}, worker=_CrashOnce)
+    model = {"name_or_path": str(tiny), "device": "cpu", "precision": "fp32", "tile_overlap": 16}
+    entries = run_on_ray(RayOptions(cluster, workers=2, no_progress=True), model,
+                         FileJobOptions(max_pixels=0, max_output_pixels=0), plan, None, {p for p, _ in plan},
+                         worker=_CrashOnce)
     assert (tmp_path / "crashed").exists()                               # a worker really died
     assert [e["status"] for e in entries] == ["ok"] * len(names)
     _local(str(tmp_path / "in"), "-o", str(tmp_path / "local"), "--model", str(tiny), "--precision", "fp32")

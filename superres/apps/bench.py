@@ -55,6 +55,10 @@ np = lazy_module("numpy")
 EXAMPLE = "superres bench --model psnr-x4 --size 256x256 --json bench.json"
 DEFAULT_SIZES = ("256x256", "500x480")     # 500x480: Set14 baboon, the README's one-image example
 DEFAULT_REPEATS = 5
+# `superres bench` with no arguments answers "how fast is the default model here?" in about a
+# minute: that model, one size, 3 repeats, no subprocess measurements; --all runs the full matrix
+QUICK_LOOK_SIZE = "256x256"
+QUICK_LOOK_REPEATS = 3
 MEMORY_SIZE = (2000, 1500)                 # the issue's large-image case: 2000x1500 in
 PEAK_INPUT = (1, 64, 256, 256)             # big enough that the conv is compute-bound, not overhead
 # The peak is the fastest of these: with one thread beside a busy core the 256x256 conv (16 MB in,
@@ -551,11 +555,40 @@ def machine_info(device: "torch_t.device", precision: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # one model
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """How `bench_model` measures a model (the options of `superres bench`)."""
+
+    device: str = "auto"
+    precision: str = "auto"                # as `superres upscale`
+    tile: int | None = None
+    int8_calibration: list[str] | None = None
+    threads: int | None = None             # torch intra-op threads, for the memory subprocess
+    repeats: int = DEFAULT_REPEATS
+    folder_images: int = 4                 # images in the folder column's temp folder
+    image: str | None = None               # resize this picture to each size (else synthetic)
+    memory: bool = False                   # peak RSS of `superres upscale` on memory_size
+    memory_size: tuple[int, int] = MEMORY_SIZE
+    quality: str | None = None             # HR folder to score the model on, as benched
+    quality_degrade: str = "bicubic"
+    quality_seed: int = 0
+    backends: tuple[str, ...] = ()         # optional backends to time beside ours (BACKENDS)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "BenchOptions":
+        return cls(device=args.device, precision=args.precision, tile=args.tile,
+                   int8_calibration=args.int8_calibration, threads=args.threads, repeats=args.repeats,
+                   folder_images=args.folder_images, image=args.image, memory=bool(args.memory),
+                   memory_size=tuple(args.memory_size), quality=args.quality,
+                   quality_degrade=args.quality_degrade, quality_seed=args.quality_seed,
+                   backends=tuple(args.backend_list))
+
+
 def _measure(fn: Callable[[], Any], device: "torch_t.device", out_pixels: int) -> float:
     return out_pixels / 1e6 / _time(fn, device)
 
 
-def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespace, peak: dict[str, Any] | None,
+def bench_model(name: str, sizes: list[tuple[int, int]], opts: BenchOptions, peak: dict[str, Any] | None,
                 workdir: Path) -> list[dict[str, Any]]:
     """One result row per size for model `name` (a shipped name or a weights path)."""
     from ..inference.tiling import tiled_upscale
@@ -563,8 +596,8 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
     from ..io.images import ImageData, decode_image, encode_image
     from .filejob import upscale_files
 
-    up = Upscaler.from_pretrained(name, device=args.device, precision=args.precision, tile=args.tile,
-                                  int8_calibration=args.int8_calibration)
+    up = Upscaler.from_pretrained(name, device=opts.device, precision=opts.precision, tile=opts.tile,
+                                  int8_calibration=opts.int8_calibration)
     up.tune_host_allocator()   # as `superres upscale` runs it
     if up.precision == "int8":
         # the int8 model is an ONNX Runtime session: the reference loop, the FLOP count and the fp32
@@ -577,22 +610,22 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
              up.device, up.precision, flops / 1e3)
 
     memory: dict[str, Any] = {"peak_rss_mb": None, "skipped": True}
-    if args.memory:
-        log.info("%s: peak memory of `superres upscale` on %dx%d", up.name, *args.memory_size)
+    if opts.memory:
+        log.info("%s: peak memory of `superres upscale` on %dx%d", up.name, *opts.memory_size)
         try:
-            memory = measure_peak_rss(name, args.memory_size, device=args.device, precision=args.precision,
-                                      tile=args.tile, workdir=workdir, threads=args.threads,
-                                      int8_calibration=args.int8_calibration)
+            memory = measure_peak_rss(name, opts.memory_size, device=opts.device, precision=opts.precision,
+                                      tile=opts.tile, workdir=workdir, threads=opts.threads,
+                                      int8_calibration=opts.int8_calibration)
         except (OSError, subprocess.SubprocessError, ValueError) as e:   # recorded; the speed rows still count
             memory = {"peak_rss_mb": None, "error": f"{type(e).__name__}: {e}"}
 
     quality: dict[str, Any] | None = None
-    if args.quality:
-        log.info("%s: quality on %s (%s LR)", up.name, args.quality, args.quality_degrade)
-        quality = measure_quality(up, args.quality, args.quality_degrade, args.quality_seed)
+    if opts.quality:
+        log.info("%s: quality on %s (%s LR)", up.name, opts.quality, opts.quality_degrade)
+        quality = measure_quality(up, opts.quality, opts.quality_degrade, opts.quality_seed)
 
     backends = []
-    for b in args.backend_list:
+    for b in opts.backends:
         try:
             backends.append(BACKENDS[b](up, workdir))
         except Exception as e:   # a backend is optional: its failure is a result, not the end of the run
@@ -600,13 +633,13 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
 
     rows = []
     for width, height in sizes:
-        pixels = image_of_size(args.image, width, height)
+        pixels = image_of_size(opts.image, width, height)
         out_px = width * up.scale * height * up.scale
         png = encode_image(ImageData(pixels), "png")
         folder = workdir / f"{up.name}_{width}x{height}"
         (folder / "in").mkdir(parents=True, exist_ok=True)
         files = []
-        for i in range(args.folder_images):
+        for i in range(opts.folder_images):
             # different content per file, so no cache or branch predictor sees the same image twice
             f = folder / "in" / f"img{i:03d}.png"
             f.write_bytes(encode_image(ImageData(np.roll(pixels, 7 * i, axis=1)), "png"))
@@ -645,7 +678,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
         samples: dict[str, list[float]] = {k: [] for k in parts if k not in errors}
         # round-robin over the paths, not one path's repeats in a row: a slow spell on a shared
         # machine then spreads over all columns instead of biasing the ratio between two of them
-        for _ in range(args.repeats):
+        for _ in range(opts.repeats):
             for key in list(samples):
                 fn, px = parts[key]
                 try:
@@ -665,7 +698,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
                                   multiple=up.multiple)
                 try:
                     entry["first_call_s"] = _time(run_backend, up.device)
-                    vals = [_measure(run_backend, up.device, out_px) for _ in range(args.repeats)]
+                    vals = [_measure(run_backend, up.device, out_px) for _ in range(opts.repeats)]
                     entry["spread"] = summarize(vals)
                     entry["model_only_mp_per_s"] = entry["spread"]["median"]
                     if med["model_only_mp_per_s"]:
@@ -683,7 +716,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], args: argparse.Namespac
             "arch": up.info.get("arch"), "scale": up.scale, "output_size": [width * up.scale, height * up.scale],
             "precision": up.precision, "channels_last": up.channels_last,
             "tile": up.tile_size(), "tiles": up.count_tiles(height, width), "folder_images": len(files),
-            "repeats": args.repeats, "spread": spreads, "first_call_s": first_call,
+            "repeats": opts.repeats, "spread": spreads, "first_call_s": first_call,
             "memory": memory, "backends": backend_rows, "errors": errors, "quality": quality,
         }
         rows.append(row)
@@ -759,9 +792,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = COLUMNS_HELP
     p.add_argument("--model", action="append", default=None, metavar="NAME|PATH",
                    help=f"a shipped model ({', '.join(MODELS)}) or a weights file; repeat for several "
-                        "(default: every shipped model)")
+                        "(default: the default model; every shipped model with --all)")
     p.add_argument("--size", action="append", type=parse_size, default=None, metavar="WxH",
-                   help=f"input size in pixels; repeat for several (default: {' '.join(DEFAULT_SIZES)})")
+                   help=f"input size in pixels; repeat for several (default: {QUICK_LOOK_SIZE}; "
+                        f"{' '.join(DEFAULT_SIZES)} with --all)")
     p.add_argument("--image", default=None, metavar="FILE",
                    help="resize this picture to each --size instead of a synthetic image (e.g. Set14 baboon)")
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
@@ -776,7 +810,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int_in(1), default=None, metavar="N",
                    help="torch intra-op threads (default: torch's choice, as `superres upscale`)")
     p.add_argument("--repeats", type=int_in(1), default=None, metavar="N",
-                   help=f"timed runs per measurement after one warm-up (default {DEFAULT_REPEATS}; 2 with --quick)")
+                   help=f"timed runs per measurement after one warm-up (default {QUICK_LOOK_REPEATS}; "
+                        f"{DEFAULT_REPEATS} with --all, 2 with --quick)")
     p.add_argument("--folder-images", type=int_in(1), default=None, metavar="N",
                    help="images in the temp folder of the folder column (default 4; 2 with --quick)")
     p.add_argument("--quality", default=None, metavar="HR_DIR",
@@ -790,35 +825,42 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality-seed", type=int, default=0, metavar="S",
                    help="seed of --quality-degrade, as `superres eval --seed` (default 0)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--all", action="store_true",
+                   help="the full matrix: every shipped model at every default size, "
+                        f"{DEFAULT_REPEATS} repeats, and the start-up, memory and backend measurements "
+                        "(tens of minutes on a 2-core CPU)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test, not a measurement: 2 repeats, a small peak conv, and no start-up, "
                         "memory or backend measurements unless asked for")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure peak RSS of `superres upscale` on a large image (slow; default on, off "
-                        "with --quick)")
+                   help="measure peak RSS of `superres upscale` on a large image (slow; default on with "
+                        "--all)")
     p.add_argument("--memory-size", type=parse_size, default=MEMORY_SIZE, metavar="WxH",
                    help="input size for the memory measurement (default %dx%d)" % MEMORY_SIZE)
     p.add_argument("--startup", action=argparse.BooleanOptionalAction, default=None,
-                   help="time interpreter start-up and imports in subprocesses (default on, off with --quick)")
+                   help="time interpreter start-up and imports in subprocesses (default on with --all)")
     p.add_argument("--backends", action=argparse.BooleanOptionalAction, default=None,
                    help=f"also time the installed optional backends ({', '.join(BACKENDS)}) "
-                        "(default on, off with --quick)")
+                        "(default on with --all)")
 
 
 def _resolve_defaults(args: argparse.Namespace) -> None:
     """Fill the options whose defaults depend on --quick."""
-    args.repeats = args.repeats or (2 if args.quick else DEFAULT_REPEATS)
-    args.folder_images = args.folder_images or (2 if args.quick else 4)
+    full = getattr(args, "all", False)
+    args.repeats = args.repeats or (2 if args.quick else DEFAULT_REPEATS if full else QUICK_LOOK_REPEATS)
+    args.folder_images = args.folder_images or (2 if args.quick or not full else 4)
     for flag in ("memory", "startup", "backends"):
         if getattr(args, flag) is None:
-            setattr(args, flag, not args.quick)
+            setattr(args, flag, full and not args.quick)
     args.backend_list = list(BACKENDS) if args.backends else []
 
 
 def run_bench(args: argparse.Namespace) -> int:
     _resolve_defaults(args)
-    models = args.model or [n for n, e in MODELS.items() if e.available] or [default_model_name()]
-    sizes = args.size or [parse_size(s) for s in DEFAULT_SIZES]
+    full = getattr(args, "all", False)
+    shipped = [n for n, e in MODELS.items() if e.available]
+    models = args.model or (shipped if full and shipped else [default_model_name()])
+    sizes = args.size or [parse_size(s) for s in (DEFAULT_SIZES if full else (QUICK_LOOK_SIZE,))]
     try:
         for m in models:   # a typo fails in a second, not after the first model's measurements
             resolve_model_path(m)
@@ -867,10 +909,11 @@ def run_bench(args: argparse.Namespace) -> int:
         log.info("start-up times (subprocesses)")
         report["startup"] = measure_startup(min(args.repeats, 3))
     failed = False
+    opts = BenchOptions.from_args(args)
     with tempfile.TemporaryDirectory(prefix="superres-bench-") as tmp:
         for m in models:
             try:
-                report["results"] += bench_model(m, sizes, args, peak, Path(tmp))
+                report["results"] += bench_model(m, sizes, opts, peak, Path(tmp))
             except Exception as e:   # a model that cannot be loaded or run: the others still count
                 log.exception("%s: the benchmark failed", m)
                 report.setdefault("failed_models", {})[m] = f"{type(e).__name__}: {e}"

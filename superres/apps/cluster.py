@@ -30,12 +30,30 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .filejob import FileJobOptions
 
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 4       # an actor that dies is replaced this many times before the run gives up on it
 MAX_TASK_RETRIES = 3   # a task whose actor died is re-run this many times
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a Ray run is (`--ray`, `--workers`, `--gpus-per-worker`)."""
+
+    address: str = "auto"              # auto = the running cluster, else a new local one; or an address
+    workers: int | None = None         # None: one per CPU, or per GPU share
+    gpus_per_worker: float = 0.0       # 0: CPU workers (one thread each)
+    no_progress: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RayOptions":
+        return cls(address=args.ray, workers=args.workers, gpus_per_worker=float(args.gpus_per_worker or 0),
+                   no_progress=bool(getattr(args, "no_progress", False)))
 
 
 class UpscaleWorker:
@@ -87,24 +105,26 @@ def connect(address: str, num_cpus: int | None = None) -> None:
         ray.init(address=address, **kwargs)
 
 
-def run_on_ray(args: argparse.Namespace, plan: list[tuple[Path, Path]], fmt: str | None,
-               input_paths: set[Path], *, worker: type = UpscaleWorker,
-               num_cpus: int | None = None) -> list[dict[str, Any]]:
-    """Upscale every (src, dst) of `plan` on a Ray actor pool; the report entries, in plan order."""
+def run_on_ray(ray_opts: RayOptions, model: dict[str, Any], job: "FileJobOptions",
+               plan: list[tuple[Path, Path]], fmt: str | None, input_paths: set[Path], *,
+               worker: type = UpscaleWorker, num_cpus: int | None = None) -> list[dict[str, Any]]:
+    """Upscale every (src, dst) of `plan` on a Ray actor pool; the report entries, in plan order.
+
+    model: `Upscaler.from_pretrained` keywords (each actor loads its own); job: the file job's
+    options, as the local loop takes them."""
     import ray
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    connect(args.ray, num_cpus)
-    gpus = float(args.gpus_per_worker or 0)
+    connect(ray_opts.address, num_cpus)
+    gpus = float(ray_opts.gpus_per_worker or 0)
     cpus_total = int(ray.cluster_resources().get("CPU", 1))
-    workers = args.workers or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus
-                               else max(1, cpus_total))
+    workers = ray_opts.workers or (max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus
+                                   else max(1, cpus_total))
     workers = max(1, min(workers, len(plan)))
-    from .filejob import FileJobOptions, upscaler_options
-    options = upscaler_options(args)
+    options = dict(model)
     # plain values to send to the actors; tiles of many workers would garble one terminal
-    worker_args = {**dataclasses.asdict(FileJobOptions.from_args(args)), "no_progress": True}
+    worker_args = {**dataclasses.asdict(job), "no_progress": True}
     remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                         max_task_retries=MAX_TASK_RETRIES)(worker)
     actors = [remote.remote(options, worker_args, fmt, [str(p) for p in input_paths], None if gpus else 1)
@@ -114,7 +134,7 @@ def run_on_ray(args: argparse.Namespace, plan: list[tuple[Path, Path]], fmt: str
     pool = ActorPool(actors)
     todo = [(str(src), str(dst)) for src, dst in plan]
     results: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=len(todo), desc="images", unit="img", disable=args.no_progress)
+    bar = tqdm(total=len(todo), desc="images", unit="img", disable=ray_opts.no_progress)
     try:
         for entry in pool.map_unordered(lambda a, item: a.run.remote(*item), todo):
             results[entry["input"]] = entry

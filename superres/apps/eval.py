@@ -22,6 +22,7 @@ from ..data.datasets import held_out_images
 from ..data.degrade import DEGRADATIONS
 from ..data.resize import imresize
 from ..evaluation import metrics as M
+from ..inference import runtime
 from ..evaluation.protocol import (
     _FORMATS,
     HR_REFERENCE,
@@ -264,8 +265,6 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device, precisio
     if int8_calibration and precision != "int8":
         raise ValueError(f"--int8-calibration is only used with --precision int8 (got {precision})")
     if precision == "int8":
-        from ..inference import runtime
-
         runtime.check_int8(device)
 
     out: list[tuple[str, Upscaler]] = []
@@ -290,7 +289,8 @@ def _load_upscalers(specs: list[str], scale: int, device: torch.device, precisio
                 label += "-int8"   # an int8 row must not pass for the model's published fp32 numbers
                 up = generator_upscaler(model, device)
             else:
-                up = generator_upscaler(model.to(device).eval(), device, precision == "bf16")
+                up = generator_upscaler(model.to(device).eval(), device,
+                                        policy=runtime.inference_policy(precision, device))
         labels = [lab for lab, _ in out]
         if label in labels:
             label = f"{label}#{labels.count(label) + 1}"

@@ -386,10 +386,11 @@ def _run_on_ray(args: argparse.Namespace, plan: list[tuple[Path, Path]], fmt: st
     except ModelNotFound as e:
         log.error("%s", e)
         return 2
-    from .cluster import run_on_ray
+    from .cluster import RayOptions, run_on_ray
     report = [{"input": e.split(": ")[0], "status": "error", "error": e} for e in errors]
     try:
-        report += run_on_ray(args, plan, fmt, input_paths)
+        report += run_on_ray(RayOptions.from_args(args), upscaler_options(args), FileJobOptions.from_args(args),
+                             plan, fmt, input_paths)
     except KeyboardInterrupt:
         log.error("interrupted; finished outputs are kept: run the same command again to do the rest")
         return 130
@@ -464,8 +465,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     up = _load_upscaler(args)
     if up is None:
         return 2
-    log.info("model %s (%s x%d) on %s, %s", up.name, up.info.get("arch"), up.scale, up.device,
-             up.precision)
+    log.info("model %s (%s x%d) on %s, %s%s", up.name, up.info.get("arch"), up.scale, up.device,
+             up.precision, f", strength per image (a blend with {up.info['heavy']})" if up.adaptive else "")
     report: list[dict[str, Any]] = [{"input": e.split(": ")[0], "status": "error", "error": e} for e in errors]
     failed = len(errors)
     interrupted: int | None = None

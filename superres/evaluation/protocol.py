@@ -176,12 +176,13 @@ def HR_REFERENCE(lr: np.ndarray) -> np.ndarray:
 
 
 def generator_upscaler(model: nn.Module, device: str | torch.device = "cpu",
-                       autocast_bf16: bool = False) -> Upscaler:
+                       autocast_bf16: bool = False, *, policy=None) -> Upscaler:
     """Run `model` (already on `device`, in eval mode) on the whole LR image, through the inference
     core (`inference.upscale_tensor`: padded to the model's input multiple, so an x2 RRDBNet takes
     odd sizes such as Set14's comic 125x180).
 
-    fp32 unless autocast_bf16 (with the core's fp32 fallback on NaN/Inf). A gray LR is replicated to
+    fp32 unless autocast_bf16 (with the core's fp32 fallback on NaN/Inf), or as `policy` says (a
+    runtime.InferencePolicy: the dtype and memory format `superres upscale` uses for a precision). A gray LR is replicated to
     3 channels for RGB models; the output is clamped to [0, 1] and rounded to uint8 like an image file.
     """
     from ..inference.core import tensor_to_uint8, upscale_tensor
@@ -189,6 +190,11 @@ def generator_upscaler(model: nn.Module, device: str | torch.device = "cpu",
     device = torch.device(device)
     in_ch = int(getattr(model, "hparams", {}).get("num_in_ch", 3))
     amp_dtype = torch.bfloat16 if autocast_bf16 else None
+    channels_last = False
+    if policy is not None:
+        amp_dtype, channels_last = policy.amp_dtype, policy.channels_last
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
 
     def run(lr: np.ndarray) -> np.ndarray:
         arr = lr
@@ -198,7 +204,7 @@ def generator_upscaler(model: nn.Module, device: str | torch.device = "cpu",
             arr = np.round(M.rgb_to_gray(arr)).astype(np.uint8)
         x = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
         x = (x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]).float() / 255.0   # (1, C, H, W)
-        y = tensor_to_uint8(upscale_tensor(model, x, amp_dtype=amp_dtype))                # (H*s, W*s, C)
+        y = tensor_to_uint8(upscale_tensor(model, x, amp_dtype=amp_dtype, channels_last=channels_last))
         return y[..., 0] if y.shape[2] == 1 else y
 
     return run

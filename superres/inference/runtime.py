@@ -11,6 +11,7 @@ never auto's pick (it changes the output by a little, which a user should ask fo
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import os
 
 from .._lazy import lazy_module
@@ -102,6 +103,27 @@ def pick_precision(name: str, device: torch.device, *, training: bool = False) -
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+@dataclass(frozen=True)
+class InferencePolicy:
+    """How a generator runs: the autocast dtype (None = fp32) and whether in channels_last."""
+
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def name(self) -> str:
+        return precision_name(self.amp_dtype)
+
+
+def inference_policy(name: str, device: torch.device) -> InferencePolicy:
+    """The one precision policy of inference, for every command (upscale, video, cluster and serve
+    through the Upscaler; eval; bench): `pick_precision`'s dtype, and channels_last for
+    low-precision CPU work, where oneDNN's bf16 convolutions want NHWC; fp32 keeps NCHW, whose
+    results are the published numbers'. int8 is not an autocast precision (see check_int8)."""
+    amp = pick_precision(name, device)
+    return InferencePolicy(amp, amp is not None and device.type == "cpu")
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

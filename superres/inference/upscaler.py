@@ -90,9 +90,10 @@ class Upscaler:
             self.precision = "int8"
             model = int8_generator(model.eval(), self.info, calibration=int8_calibration)
         else:
-            self.amp_dtype = runtime.pick_precision(precision, self.device)
-            self.precision = runtime.precision_name(self.amp_dtype)
-        self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"
+            policy = runtime.inference_policy(precision, self.device)
+            self.amp_dtype = policy.amp_dtype
+            self.precision = policy.name
+        self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"   # as inference_policy
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

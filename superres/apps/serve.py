@@ -68,10 +68,20 @@ class ServiceConfig:
     job_ttl: float = 3600.0
     # Finished jobs kept for GET .../result at most; the oldest go first beyond this.
     max_finished: int = 256
+    # Seconds a request's whole body may take to arrive, whatever its framing (slow clients hold a
+    # connection and a buffer; 408 after this).
+    body_timeout: float = 60.0
+    # Host header values accepted (lower case, without the port); None = any. `superres serve` on a
+    # loopback address accepts only loopback names, so a web page that rebinds its own DNS name to
+    # 127.0.0.1 cannot reach the service.
+    allowed_hosts: tuple[str, ...] | None = None
+    # Origins (scheme://host[:port]) besides the service's own allowed to POST / DELETE.
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key, value, low in (("max_upload_mb", self.max_upload_mb, 0), ("max_pixels", self.max_pixels, 0),
-                                ("queue", self.queue, 0), ("job_ttl", self.job_ttl, 0)):
+                                ("queue", self.queue, 0), ("job_ttl", self.job_ttl, 0),
+                                ("body_timeout", self.body_timeout, 0)):
             if not value > low:
                 raise ValueError(f"{key} = {value!r}: must be > {low}")
 
@@ -213,6 +223,7 @@ class Service:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.cfg.queue)
         self._worker = threading.Thread(target=self._run, name="superres-worker", daemon=True)
         self._started = False
+        self._closing = False
         self.running: Job | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -222,12 +233,28 @@ class Service:
             self._worker.start()
             self._started = True
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Cancel what is queued, stop the running job at its next tile, join the worker."""
+    def begin_shutdown(self) -> None:
+        """Refuse new jobs and cancel every queued and running one now (the running one stops at its
+        next tile), so that requests waiting on them are answered (503) at once instead of after
+        the server's grace period. Called on SIGTERM / Ctrl-C, before connections are drained."""
         with self._lock:
+            self._closing = True
             for job in self.jobs.values():
                 if job.state in ("queued", "running"):
                     job.cancel.set()
+        while True:   # queued jobs are finished here, not when the worker would reach them
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put_nowait(None)
+                break
+            self._finish(job, "cancelled")
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancel what is queued, stop the running job at its next tile, join the worker."""
+        self.begin_shutdown()
         if self._started:
             while True:   # make room for the stop marker even when the queue is full
                 try:
@@ -251,6 +278,9 @@ class Service:
     def submit(self, job: Job) -> Job:
         self.expire()
         with self._lock:
+            if self._closing:
+                raise RequestError(503, "the server is shutting down; try again when it is back",
+                                   {"Retry-After": "10"})
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
@@ -372,6 +402,41 @@ class Service:
         job.progress = 1.0
 
 
+def _offline_docs(app: Any) -> None:
+    """/docs from local files (the swagger-ui-bundle package), never a CDN: a page that loads its
+    script from the network is blank offline and trusts a third party with the service's origin.
+    Without the package, /docs is a plain list of the endpoints from the OpenAPI schema."""
+    from fastapi.responses import HTMLResponse
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ModuleNotFoundError:
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        from fastapi.openapi.docs import get_swagger_ui_html
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs():
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title="superres - API",
+                                       swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                       swagger_css_url="/static/swagger/swagger-ui.css",
+                                       swagger_favicon_url="/static/swagger/favicon-32x32.png")
+        return
+
+    @app.get("/docs", include_in_schema=False)
+    async def plain_docs():
+        import html
+
+        rows = [f"<li><code>{html.escape(m.upper())} {html.escape(path)}</code> {html.escape(op.get('summary', ''))}</li>"
+                for path, ops in app.openapi()["paths"].items() for m, op in ops.items()]
+        return HTMLResponse("<!doctype html><meta charset=utf-8><title>superres - API</title><h1>superres API</h1>"
+                            f"<p>OpenAPI schema: <a href='{app.openapi_url}'>{app.openapi_url}</a></p>"
+                            f"<ul>{''.join(rows)}</ul>")
+
+
 def result_headers(job: Job) -> dict[str, str]:
     """The result's headers: its file name, and what the input analysis found and chose (ASCII)."""
     from ..inference.analysis import describe
@@ -459,6 +524,124 @@ def content_disposition(name: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+# ---------------------------------------------------------------------------------------------
+# the guard: limits and checks every request passes, whatever its framing
+
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY")]
+# The page and /docs are one file each with inline script and style, and show blob: URLs (the result)
+PAGE_CSP = (b"default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+            b"script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+            b"form-action 'self'")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# a refused request's connection is closed: the server would otherwise read (and drop) the rest of
+# a body it has refused, however large
+CLOSE = {"Connection": "close"}
+
+
+def _host_name(value: str) -> str:
+    """'Example.com:8000' -> 'example.com', '[::1]:8000' -> '::1'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class Guard:
+    """ASGI middleware: the Host and Origin checks, the body's size and time limits, and the
+    security headers, for every request before FastAPI sees it.
+
+    The body limit counts the bytes as they arrive, so a chunked upload without Content-Length is
+    refused after at most the limit (413), and a body that stops arriving is refused after
+    `body_timeout` seconds (408). Starlette's form parser is told to keep parts up to the limit in
+    memory, so an upload never reaches the disk.
+    """
+
+    def __init__(self, app: Any, cfg: ServiceConfig) -> None:
+        self.app, self.cfg = app, cfg
+        # room for the form's other fields beside the file
+        self.limit = int(cfg.max_upload_mb * 1024 * 1024) + 64 * 1024
+        from starlette.formparsers import MultiPartParser
+
+        # a class attribute: a file part under it stays in a SpooledTemporaryFile's memory
+        MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, self.limit)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            from starlette.responses import JSONResponse
+
+            status, message = refusal
+            return await JSONResponse({"detail": message}, status_code=status, headers=CLOSE)(
+                scope, receive, self._secure(send))
+        await self.app(scope, self._limited(receive), self._secure(send))
+
+    def _refusal(self, scope: dict, headers: dict[str, str]) -> tuple[int, str] | None:
+        host = headers.get("host", "")
+        if self.cfg.allowed_hosts is not None and _host_name(host) not in self.cfg.allowed_hosts:
+            return 421, (f"Host {host!r} is not served here (allowed: {', '.join(self.cfg.allowed_hosts)}; "
+                         "superres serve --allow-host NAME adds one)")
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            origin = headers.get("origin")
+            if origin is not None and origin != "null":
+                own = f"{scope.get('scheme', 'http')}://{host}".lower()
+                if origin.lower() != own and origin not in self.cfg.allowed_origins:
+                    return 403, (f"cross-origin request from {origin} refused; the service answers its own "
+                                 "page (superres serve --allow-origin URL adds one)")
+            elif origin == "null":
+                return 403, "a request from an opaque origin (a file or sandboxed page) is refused"
+        length = headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.limit:
+            return 413, (f"the request is {int(length) / 2**20:.1f} MB; the limit is "
+                         f"{self.cfg.max_upload_mb:g} MB (--max-upload-mb)")
+        return None
+
+    def _limited(self, receive: Any) -> Any:
+        import asyncio
+
+        from starlette.exceptions import HTTPException
+
+        cfg, limit = self.cfg, self.limit
+        deadline = time.monotonic() + cfg.body_timeout
+        state = {"bytes": 0, "done": False}
+
+        async def limited_receive() -> dict:
+            if state["done"]:
+                return await receive()   # e.g. waiting for the client to disconnect
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {cfg.body_timeout:g} s",
+                                    headers=CLOSE) from None
+            if message["type"] == "http.request":
+                state["bytes"] += len(message.get("body", b""))
+                if state["bytes"] > limit:
+                    raise HTTPException(413, f"the request is over the {cfg.max_upload_mb:g} MB limit "
+                                             "(--max-upload-mb); it was refused after that much",
+                                        headers=CLOSE)
+                state["done"] = not message.get("more_body", False)
+            return message
+
+        return limited_receive
+
+    @staticmethod
+    def _secure(send: Any) -> Any:
+        async def secure_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                if ctype.startswith(b"text/html") and b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", PAGE_CSP))
+                message = {**message, "headers": headers}
+            await send(message)
+        return secure_send
+
+
 def create_app(pool: ModelPool, cfg: ServiceConfig | None = None):
     """The FastAPI application: API under /v1, the page at /, OpenAPI at /docs."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -479,23 +662,15 @@ def create_app(pool: ModelPool, cfg: ServiceConfig | None = None):
             log.info("shutting down: cancelling %d queued job(s)", service.queued())
             await run_in_threadpool(service.shutdown)
 
-    app = FastAPI(title="superres", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="superres", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Super-resolution: upscale images with GAN / PSNR models.")
     app.state.service = service
+    app.add_middleware(Guard, cfg=cfg)
+    _offline_docs(app)
 
     @app.exception_handler(RequestError)
     async def request_error(_request: Request, exc: RequestError):
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        # Refuse from the header, before the body is read.
-        length = request.headers.get("content-length")
-        limit = int(cfg.max_upload_mb * 1024 * 1024) + 64 * 1024   # room for the form's other fields
-        if request.method == "POST" and length and length.isdigit() and int(length) > limit:
-            return JSONResponse({"detail": f"the request is {int(length) / 2**20:.1f} MB; the limit is "
-                                           f"{cfg.max_upload_mb:g} MB (--max-upload-mb)"}, status_code=413)
-        return await call_next(request)
 
     async def make_job(file: UploadFile, model, outscale, strength, format, quality) -> Job:
         fields = parse_fields(pool, model=model, outscale=outscale, strength=strength, format=format,
@@ -589,6 +764,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=int, default=16, help="jobs that may wait; more get 503 (default 16)")
     p.add_argument("--job-ttl", type=float, default=3600.0,
                    help="seconds a finished job's result is kept (default 3600)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds a request body may take to arrive, whatever its framing (default 60)")
+    p.add_argument("--allow-host", action="append", default=None, metavar="NAME",
+                   help="a Host name to answer besides the defaults (repeatable): on a loopback --host only "
+                        "localhost, 127.0.0.1 and ::1 are answered, so a web page that rebinds its DNS "
+                        "name to this machine gets 421; on another --host any name is answered unless "
+                        "this is given")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="a web origin (scheme://host[:port]) besides the service's own that may post jobs "
+                        "(repeatable); by default only the service's own page may")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
                    help="auto, fp32, bf16, fp16 or int8 (CPU, shipped models) (default auto)")
@@ -607,7 +792,9 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = ServiceConfig(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, queue=args.queue,
-                            job_ttl=args.job_ttl)
+                            job_ttl=args.job_ttl, body_timeout=args.body_timeout,
+                            allowed_hosts=allowed_hosts(args.host, args.allow_host),
+                            allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin))
     except ValueError as e:
         log.error("--%s", str(e).replace("_", "-"))
         return 2
@@ -620,6 +807,24 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this machine can use the service", args.host)
-    uvicorn.run(create_app(pool, cfg), host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=30)
+    app = create_app(pool, cfg)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # before uvicorn drains connections: waiting requests get their 503 now, not after the
+            # grace period (and none is cut off by it)
+            app.state.service.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                          timeout_graceful_shutdown=30)).run()
     return 0
+
+
+def allowed_hosts(host: str, extra: list[str] | None) -> tuple[str, ...] | None:
+    """The Host names `superres serve --host HOST` answers: loopback names for a loopback HOST (and
+    --allow-host names); any (None) for another HOST unless --allow-host names some."""
+    extra = [_host_name(h) for h in extra or []]
+    if _host_name(host) in LOOPBACK_NAMES:
+        return (*LOOPBACK_NAMES, *extra)
+    return (_host_name(host), *extra) if extra else None

@@ -595,3 +595,75 @@ def test_training_config_values_that_used_to_crash_are_config_errors(item, match
 
     with pytest.raises(ConfigError, match=match):
         load_config(None, [item])
+
+
+# -- formats we do not read, unusual TIFF samples, EXIF a JPEG cannot hold ------------------------
+
+def _tiff(path, arr):
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, arr)
+    return path
+
+
+def test_unsupported_formats_and_integer_tiffs_get_a_report_line_each(tmp_path, model_path):
+    src = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    _tiff(src / "i16.tif", rng.integers(-3000, 3000, (12, 12)).astype(np.int16))
+    _tiff(src / "u32.tif", rng.integers(0, 2**31, (12, 12)).astype(np.uint32))
+    (src / "a.avif").write_bytes(b"\0\0\0\x1cftypavif" + b"\0" * 40)
+    (src / "b.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 40)
+    (src / "c.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg' width='8' height='8'/>")
+    (src / "renamed.png").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 40)   # a HEIC by its bytes
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)).save(src / "ok.png")
+    report = tmp_path / "r.json"
+    assert _cli(model_path, src, "-o", tmp_path / "out", "--report", report) == 1
+    entries = {Path(e["input"]).name: e for e in json.loads(report.read_text())}
+    assert set(entries) == {"i16.tif", "u32.tif", "a.avif", "b.heic", "c.svg", "renamed.png", "ok.png"}
+    assert entries["ok.png"]["status"] == "ok"
+    for name, words in [("i16.tif", "16-bit signed integer samples are not supported"),
+                        ("u32.tif", "32-bit unsigned integer samples are not supported"),
+                        ("a.avif", "AVIF images are not supported"), ("b.heic", "HEIC images are not supported"),
+                        ("c.svg", "SVG (vector) images are not supported"),
+                        ("renamed.png", "HEIC images are not supported")]:
+        assert entries[name]["status"] == "error" and words in entries[name]["error"], entries[name]
+        assert entries[name]["error"].startswith(str(src / name))
+    assert not (tmp_path / "out" / "i16.tif").exists()
+
+
+def test_float_tiff_is_read_as_float_and_comes_back_16_bit(tmp_path, model_path):
+    import tifffile
+
+    arr = np.random.default_rng(1).random((10, 12, 3)).astype(np.float32)
+    src = _tiff(tmp_path / "f.tif", arr)
+    img = read_image(src)
+    assert img.pixels.dtype == np.float32 and img.pixels.shape == (10, 12, 3)
+    assert np.array_equal(img.pixels, arr)
+    assert _cli(model_path, src, "-o", tmp_path / "f_x4.tif") == 0
+    out = tifffile.imread(tmp_path / "f_x4.tif")
+    assert out.shape == (40, 48, 3) and out.dtype == np.uint16
+
+
+def test_tifffile_shape_note_is_not_copied_into_an_output_of_another_size(tmp_path, model_path):
+    import tifffile
+
+    src = _tiff(tmp_path / "s.tif", np.random.default_rng(2).integers(0, 255, (10, 10, 3)).astype(np.uint8))
+    with tifffile.TiffFile(src) as t:
+        assert '"shape"' in t.pages.first.description   # what tifffile writes by default
+    assert _cli(model_path, src, "-o", tmp_path / "s_x4.tif") == 0
+    with tifffile.TiffFile(tmp_path / "s_x4.tif") as t:
+        assert "shape" not in (t.pages.first.description or "") and t.pages.first.shape == (40, 40, 3)
+
+
+def test_jpeg_output_drops_exif_over_64_kb_with_a_warning(tmp_path, model_path, caplog):
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 70000   # ImageDescription: 70 KB of EXIF
+    src = tmp_path / "big_exif.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (10, 10, 3)).astype(np.uint8)).save(
+        src, exif=exif.tobytes())
+    assert _cli(model_path, src, "-o", tmp_path / "o.jpg") == 0
+    assert Image.open(tmp_path / "o.jpg").size == (40, 40)
+    assert any("does not fit in a JPEG's 64 KB APP1 segment" in r.getMessage() for r in caplog.records)
+    assert _cli(model_path, src, "-o", tmp_path / "o.png") == 0   # PNG keeps it
+    assert Image.open(tmp_path / "o.png").getexif()[0x010E] == "x" * 70000

@@ -82,9 +82,13 @@ def live_server():
 
 
 def _response(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (it does, after a refusal)."""
     data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
         if not chunk:
             break
         data += chunk
@@ -187,3 +191,19 @@ def test_shutdown_answers_every_waiting_job_at_once():
         service.submit(_job(9))
     assert e.value.status == 503 and "shutting down" in e.value.message
     service.shutdown()
+
+
+def test_uploads_of_unsupported_formats_say_so_and_float_tiff_is_served():
+    import tifffile
+
+    with TestClient(create_app(ModelPool(upscalers={"tiny": _tiny()}), ServiceConfig())) as client:
+        r = client.post("/v1/upscale", files={"file": ("p.heic", b"\0\0\0\x18ftypheic" + b"\0" * 40)})
+        assert r.status_code == 415 and "HEIC images are not supported" in r.json()["detail"]
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, np.random.default_rng(0).integers(-5, 5, (8, 8)).astype(np.int16))
+        r = client.post("/v1/upscale", files={"file": ("s.tif", buf.getvalue())})
+        assert r.status_code == 415 and "signed integer samples" in r.json()["detail"]
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
+        r = client.post("/v1/upscale", files={"file": ("f.tif", buf.getvalue())})
+        assert r.status_code == 200 and tifffile.imread(io.BytesIO(r.content)).shape == (32, 32, 3)

@@ -466,12 +466,27 @@ def check_upload(data: bytes, filename: str, cfg: ServiceConfig) -> tuple[int, i
                                 f"{cfg.max_upload_mb:g} MB (--max-upload-mb)")
     if not data:
         raise RequestError(422, f"{filename}: empty file (0 bytes), not an image")
+    from ..io.images import ImageError, probe_tiff
+
     try:
-        with Image.open(io.BytesIO(data)) as im:   # reads the header only
-            width, height, fmt = im.width, im.height, im.format
+        tiff = probe_tiff(io.BytesIO(data), filename) if data[:4] in (b"II*\0", b"MM\0*") else None
+    except ImageError as e:   # signed / 32-bit integer samples
+        raise RequestError(415, str(e)) from None
+    try:
+        if tiff is not None:   # float samples, which PIL cannot open
+            width, height, fmt = tiff.width, tiff.height, "TIFF"
+        else:
+            with Image.open(io.BytesIO(data)) as im:   # reads the header only
+                width, height, fmt = im.width, im.height, im.format
     except Image.DecompressionBombError as e:
         raise RequestError(413, f"{filename}: {e}") from None
     except UnidentifiedImageError:
+        from ..io.images import unsupported_kind
+
+        kind = unsupported_kind(filename, data[:64])
+        if kind is not None:
+            raise RequestError(415, f"{filename}: {kind} images are not supported; convert it to PNG, JPEG "
+                                    "or TIFF first") from None
         raise RequestError(415, f"{filename} is not an image in a format we read (PNG, JPEG, WebP, TIFF, "
                                 "BMP, GIF)") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -31,6 +31,7 @@ from ..io.formats import (
     DEFAULT_QUALITY,
     FORMATS,
     IMAGE_EXTENSIONS,
+    UNSUPPORTED_EXTENSIONS,
     ImageError,
     normalize_format,
 )
@@ -152,7 +153,8 @@ def _is_candidate(f: Path) -> bool:
     Broken links, pipes and unreadable files are kept so that reading them reports them; skipping them
     here would drop them silently.
     """
-    return f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir()
+    suffix = f.suffix.lower()
+    return (suffix in IMAGE_EXTENSIONS or suffix in UNSUPPORTED_EXTENSIONS) and not f.is_dir()
 
 
 def gather_inputs(specs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["FORMATS", "IMAGE_EXTENSIONS", "SIXTEEN_BIT_FORMATS", "DEFAULT_QUALITY", "DEFAULT_PNG_LEVEL",
+__all__ = ["FORMATS", "IMAGE_EXTENSIONS", "UNSUPPORTED_EXTENSIONS", "SIXTEEN_BIT_FORMATS", "DEFAULT_QUALITY", "DEFAULT_PNG_LEVEL",
            "ImageError", "normalize_format", "format_from_path"]
 
 # file suffix -> PIL format name; these are the formats we write
@@ -18,6 +18,13 @@ FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".web
 # what we write, plus formats PIL reads that nobody asks us to write
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pbm", ".jfif", ".jpe",
                                                           ".apng"}
+# formats a folder may hold that we cannot read here: taken as inputs anyway, so that each gets a
+# report line saying so instead of being skipped in silence
+UNSUPPORTED_EXTENSIONS: dict[str, str] = {
+    ".avif": "AVIF", ".heic": "HEIC", ".heif": "HEIF", ".svg": "SVG (vector)", ".svgz": "SVG (vector)",
+    ".jxl": "JPEG XL", ".dng": "camera raw (DNG)", ".cr2": "camera raw (CR2)", ".cr3": "camera raw (CR3)",
+    ".nef": "camera raw (NEF)", ".arw": "camera raw (ARW)", ".orf": "camera raw (ORF)", ".raf": "camera raw (RAF)",
+    ".rw2": "camera raw (RW2)", ".psd": "Photoshop (PSD)"}
 SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 DEFAULT_QUALITY = 95
 # zlib level of our PNG writer (Paeth filter). Measured on three x2-upscaled photos (2.5 MP in all):

@@ -34,7 +34,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .._lazy import lazy_module
-from .formats import DEFAULT_PNG_LEVEL, DEFAULT_QUALITY, ImageError, format_from_path, normalize_format
+from .formats import (
+    DEFAULT_PNG_LEVEL,
+    DEFAULT_QUALITY,
+    UNSUPPORTED_EXTENSIONS,
+    ImageError,
+    format_from_path,
+    normalize_format,
+)
 from .fs import atomic_write_with
 
 log = logging.getLogger(__name__)
@@ -242,8 +249,13 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
         raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from e
     try:
         with f:
-            head = f.read(33)
-            if head.startswith(_PNG_SIGNATURE) and len(head) == 33 and head[12:16] == b"IHDR":
+            head = f.read(64)
+            _refuse_unsupported(str(path), head)
+            if head[:4] in (b"II*\0", b"MM\0*"):
+                info = probe_tiff(path, str(path))
+                if info is not None:
+                    return info
+            if head.startswith(_PNG_SIGNATURE) and len(head) >= 33 and head[12:16] == b"IHDR":
                 # read here rather than by PIL, whose bomb check would refuse to tell the size
                 if zlib.crc32(head[12:29]) != struct.unpack_from(">I", head, 29)[0]:
                     raise ImageError(f"{path}: corrupt PNG (CRC mismatch in the b'IHDR' chunk)")
@@ -275,8 +287,94 @@ def decode_image(data: bytes, name: str = "<bytes>") -> ImageData:
     """Decode the bytes of an image file (for servers that never touch the disk)."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes), not an image")
+    _refuse_unsupported(name, data[:64])
     img = _decode_png16(data, name)
+    if img is None and data[:4] in (b"II*\0", b"MM\0*"):
+        img = _decode_tiff_samples(data, name)
     return img if img is not None else _decode_with_pil(data, name)
+
+
+def unsupported_kind(name: str, head: bytes) -> str | None:
+    """The name of a format we cannot read, from the file's extension or its first bytes."""
+    kind = UNSUPPORTED_EXTENSIONS.get(Path(name).suffix.lower())
+    if kind is None and head[4:8] == b"ftyp":
+        brand = head[8:12]
+        kind = "AVIF" if brand in (b"avif", b"avis") else "HEIC" if brand in (b"heic", b"heix", b"mif1",
+                                                                             b"msf1", b"hevc") else None
+    if kind is None and head.lstrip().startswith((b"<svg", b"<?xml")) and b"svg" in head.lower():
+        kind = "SVG (vector)"
+    return kind
+
+
+def probe_tiff(source: "Path | io.BytesIO", name: str) -> "ImageInfo | None":
+    """Size of a TIFF whose samples PIL cannot read (float), or the refusal of signed / 32-bit
+    integer samples (as `_decode_tiff_samples`); None for the TIFFs PIL reads."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(source) as tif:
+            page = tif.pages.first
+            dtype, shape = page.dtype, page.shape
+            height, width = page.imagelength, page.imagewidth
+    except Exception:
+        return None
+    if dtype is None or dtype.kind == "b" or dtype in (np.uint8, np.uint16):
+        return None
+    if dtype.kind in "iu":
+        raise ImageError(f"{name}: {dtype.itemsize * 8}-bit {'signed' if dtype.kind == 'i' else 'unsigned'} "
+                         "integer samples are not supported (no value means full intensity); "
+                         "convert it to 8- or 16-bit unsigned, or to float in [0, 1]")
+    del shape
+    return ImageInfo(int(width), int(height), 1, "TIFF")
+
+
+def _refuse_unsupported(name: str, head: bytes) -> None:
+    kind = unsupported_kind(name, head)
+    if kind is not None:
+        raise ImageError(f"{name}: {kind} images are not supported; convert it to PNG, JPEG or TIFF "
+                         "first (e.g. `magick INPUT out.png`)")
+
+
+def _decode_tiff_samples(data: bytes, name: str) -> ImageData | None:
+    """A TIFF whose samples are not unsigned 8/16-bit: float is decoded (by tifffile) into float32
+    in [0, 1]; signed or 32-bit integers are refused (PIL drops their negative samples or wraps
+    their range, and no scale of theirs means "full intensity"). None: PIL's own TIFF path."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            dtype = page.dtype
+            if dtype is None or dtype.kind == "b" or dtype in (np.uint8, np.uint16):
+                return None
+            if dtype.kind in "iu":
+                raise ImageError(f"{name}: {dtype.itemsize * 8}-bit {'signed' if dtype.kind == 'i' else 'unsigned'} "
+                                 "integer samples are not supported (no value means full intensity); "
+                                 "convert it to 8- or 16-bit unsigned, or to float in [0, 1]")
+            if dtype.kind != "f" or page.photometric not in (tifffile.PHOTOMETRIC.MINISBLACK,
+                                                              tifffile.PHOTOMETRIC.RGB):
+                return None
+            arr = page.asarray()
+            if page.axes.startswith("S"):
+                arr = np.moveaxis(arr, 0, -1)
+            colours = 3 if page.photometric == tifffile.PHOTOMETRIC.RGB else 1
+            extras = tuple(page.extrasamples)
+    except ImageError:
+        raise
+    except Exception:   # tifffile cannot parse it: PIL's error message is the one to give
+        return None
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if not np.isfinite(arr).all():
+        raise ImageError(f"{name}: float TIFF with NaN or infinite samples")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        log.warning("%s: float samples span %.3g..%.3g; values outside 0..1 are clipped", name, lo, hi)
+    arr = np.clip(arr, 0.0, 1.0)
+    alpha = arr[..., colours] if extras and extras[0] in (1, 2) and arr.shape[2] > colours else None
+    return ImageData(np.ascontiguousarray(arr[..., :colours]),
+                     alpha=None if alpha is None else np.ascontiguousarray(alpha), format="TIFF")
 
 
 def _decode_with_pil(data: bytes, name: str) -> ImageData:
@@ -461,6 +559,10 @@ def _descriptive_exif(tags: Image.Exif) -> bytes | None:
     for tag in _TIFF_EXIF_TAGS:
         if isinstance(tags.get(tag), str):
             kept[tag] = tags[tag]
+    # tifffile stores the array's shape as JSON in ImageDescription: a layout note, not a description,
+    # and wrong for an output of another size
+    if kept.get(270, "").lstrip().startswith('{"shape":'):
+        del kept[270]
     return _exif_body(kept.tobytes()) if len(kept) else None
 
 
@@ -567,6 +669,9 @@ def _planes(img: ImageData, y0: int, y1: int, dtype: np.dtype | type, *,
     return out
 
 
+_JPEG_MAX_APP1 = 65533   # a JPEG segment's payload: 65535 minus its 2-byte length field
+
+
 def _write_with_pil(f: BinaryIO, img: ImageData, fmt: str, quality: int, icc: bytes | None) -> None:
     if img.bit_depth != 8:
         log.info("%s holds 8 bits per channel; the %d-bit image is rounded to 8", fmt, img.bit_depth)
@@ -585,7 +690,12 @@ def _write_with_pil(f: BinaryIO, img: ImageData, fmt: str, quality: int, icc: by
         if icc:
             opts["icc_profile"] = icc
         if img.exif:
-            opts["exif"] = _EXIF_PREFIX + img.exif
+            exif = _EXIF_PREFIX + img.exif
+            if fmt == "JPEG" and len(exif) > _JPEG_MAX_APP1:
+                log.warning("the EXIF (%d KB) does not fit in a JPEG's 64 KB APP1 segment; it is dropped "
+                            "(write PNG, TIFF or WebP to keep it)", len(exif) // 1024)
+            else:
+                opts["exif"] = exif
     if fmt == "JPEG" and quality >= 90:
         opts["subsampling"] = 0   # 4:4:4: chroma subsampling would blur the detail we just made
     im.save(f, format=fmt, **opts)

@@ -176,7 +176,7 @@ def test_cli_video_end_to_end_and_errors(tmp_path, caplog):
                  "--crf", "23", "--preset", "ultrafast"]) == 0
     assert _probe(out)["size"] == (4 * W, 4 * H)
     assert main(["upscale", str(src), "-o", str(tmp_path / "o2.mp4"), "--model", str(model),
-                 "--crf", "99", "--no-progress"]) == 1
+                 "--crf", "99", "--no-progress"]) == 2
     assert "--crf 99: must be between 0 and 63" in caplog.text
     assert main(["upscale", str(src), "-o", str(tmp_path / "o3.png"), "--model", str(model),
                  "--no-progress"]) == 2
@@ -210,3 +210,37 @@ def test_batched_frames_match_one_by_one(tmp_path):
     assert res["upscaled_frames"] == a["frames"] == b["frames"] and a["times"] == b["times"]
     diffs = [np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a["pixels"], b["pixels"])]
     assert max(diffs) < 0.5
+
+
+def test_codec_container_and_option_errors_come_before_any_compute(tmp_path, caplog, monkeypatch):
+    src = make_clip(tmp_path / "clip.mp4")
+    model = tmp_path / "tiny.safetensors"
+    save_weights(model, _tiny_model())
+
+    def no_compute(self, *a, **k):
+        raise AssertionError("the model ran before the options were checked")
+
+    monkeypatch.setattr(Upscaler, "upscale_frames", no_compute)
+    cases = [(["-o", str(tmp_path / "x.webm")], "'webm' format does not support 'libx264'"),
+             (["-o", str(tmp_path / "x.avi")], "x.avi cannot work with --codec libx264"),
+             (["-o", str(tmp_path / "p.mp4"), "--pix-fmt", "yuv999"], "--pix-fmt yuv999: not a pixel format"),
+             (["-o", str(tmp_path / "q.mp4"), "--preset", "turbo"], "--preset turbo: allowed values: ultrafast")]
+    for extra, words in cases:
+        caplog.clear()
+        assert main(["upscale", str(src), *extra, "--model", str(model), "--no-progress"]) == 2, extra
+        assert words in caplog.text, (extra, caplog.text)
+        assert "Traceback" not in caplog.text
+    # nothing left behind: no output, no parts folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "tiny.safetensors"]
+
+
+def test_a_video_without_frames_is_refused(tmp_path, caplog):
+    full = make_clip(tmp_path / "full.mkv", audio=False)
+    src = tmp_path / "empty.mkv"
+    src.write_bytes(full.read_bytes()[:700])   # the header and stream, no whole frame
+    full.unlink()
+    model = tmp_path / "tiny.safetensors"
+    save_weights(model, _tiny_model())
+    code = main(["upscale", str(src), "-o", str(tmp_path / "e_x4.mkv"), "--model", str(model), "--no-progress"])
+    assert code == 2 and "empty.mkv: the video stream has no frames that decode" in caplog.text and "Traceback" not in caplog.text
+    assert not (tmp_path / "e_x4.mkv").exists() and not list(tmp_path.glob(".*.parts"))

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -55,6 +56,10 @@ def is_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     codec: str = "libx264"
@@ -76,6 +81,17 @@ class VideoOptions:
             raise VideoError(f"--segment-seconds {self.segment_seconds:g}: must be > 0")
         if self.batch < 1:
             raise VideoError(f"--batch-frames {self.batch}: must be >= 1")
+        try:
+            av.VideoFormat(self.pix_fmt)
+        except ValueError:
+            raise VideoError(f"--pix-fmt {self.pix_fmt}: not a pixel format; e.g. yuv420p (the most "
+                             "compatible), yuv444p, yuv420p10le") from None
+        formats = {f.name for f in (av.Codec(self.codec, "w").video_formats or ())}
+        if formats and self.pix_fmt not in formats:
+            raise VideoError(f"--pix-fmt {self.pix_fmt}: {self.codec} cannot encode it; it takes "
+                             f"{', '.join(sorted(formats)[:8])}")
+        if self.codec in ("libx264", "libx265") and self.preset not in X264_PRESETS:
+            raise VideoError(f"--preset {self.preset}: allowed values: {', '.join(X264_PRESETS)}")
 
     def encoder_options(self) -> dict[str, str]:
         opts = {"bf": "0"}   # no B-frames: decoding timestamps must increase across segment joins
@@ -204,9 +220,46 @@ def _frame_count(stream: Any, container: Any) -> int | None:
     return None
 
 
+class _Nearest:
+    """Stands in for an Upscaler in `preflight`: nearest-neighbour frames of the right size, no model."""
+
+    adaptive = False
+    precision, tile, tile_overlap = "fp32", None, 0
+
+    def __init__(self, scale: int) -> None:
+        import torch
+        self.scale, self.model = scale, torch.nn.Identity()
+
+    def upscale_frames(self, frames: list[np.ndarray], **_: Any) -> list[np.ndarray]:
+        return [np.repeat(np.repeat(f, self.scale, axis=0), self.scale, axis=1) for f in frames]
+
+
+def preflight(src: str | os.PathLike, dst: str | os.PathLike, scale: int, opts: VideoOptions) -> None:
+    """Everything a run does except the model, on the input's first frames, into a temp file of the
+    output's container: a codec, pixel format, preset or container that cannot work (libx264 in
+    .webm, an audio track .avi cannot take, a file that does not decode) fails here, in a second,
+    instead of after all the compute. VideoError says what to change."""
+    import tempfile
+
+    src, dst = Path(src), Path(dst)
+    opts.check()
+    with tempfile.TemporaryDirectory(prefix="superres-video-check-") as tmp:
+        trial = Path(tmp) / f"trial{dst.suffix}"
+        try:
+            res = upscale_video(src, trial, _Nearest(scale), opts, progress=False, max_frames=2)
+        except VideoError:
+            raise
+        except Exception as e:   # FFmpeg's own words, with what to change
+            msg = re.sub(r"'?\S*trial\S*?'?(?=[\s)]|$)", dst.name, str(e))
+            raise VideoError(f"{src} -> {dst.name} cannot work with --codec {opts.codec} --pix-fmt "
+                             f"{opts.pix_fmt} ({type(e).__name__}: {msg}); try an .mkv or .mp4 output, "
+                             "or a codec the container takes (e.g. libvpx-vp9 for .webm)") from None
+
+
 def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts: VideoOptions | None = None,
                   *, resume: bool = False, progress: bool = True,
-                  on_frame: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+                  on_frame: Callable[[int, int | None], None] | None = None,
+                  max_frames: int | None = None) -> dict[str, Any]:
     """Upscale every frame of `src` with `up` (an Upscaler) into `dst`; copy audio and subtitles.
 
     Returns {"frames", "segments", "reused_segments", "width", "height", "seconds"}. on_frame(done,
@@ -261,6 +314,8 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
                    smoothing=0.1)
         try:
             for n, frame in enumerate(inp.decode(vin)):
+                if max_frames is not None and n >= max_frames:
+                    break
                 frames = n + 1
                 if n == 0:
                     rotation = int(getattr(frame, "rotation", 0) or 0)
@@ -285,6 +340,9 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
                 flush()
                 writer.close()
                 writer = None
+        except av.FFmpegError as e:   # a truncated or corrupt stream, found while decoding
+            raise VideoError(f"{src}: stops decoding after frame {frames} ({e}); the file is truncated "
+                             "or corrupt") from None
         finally:
             bar.close()
             if writer is not None:
@@ -293,6 +351,8 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
                     writer.container.close()
                 except Exception:   # the run is failing already; the .tmp is discarded on resume
                     pass
+        if frames == 0:
+            raise VideoError(f"{src}: the video stream has no frames that decode (an empty or truncated file)")
         segments = math.ceil(frames / seg_frames) if frames else 0
         _join(src, dst, parts, segments, rotation)
     shutil.rmtree(parts, ignore_errors=True)
@@ -387,6 +447,12 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue an interrupted video from its last finished segment")
 
 
+def _drop_empty_parts(parts: Path) -> None:
+    """Remove a parts folder that holds no finished segment (nothing a --resume could reuse)."""
+    if parts.is_dir() and not any(parts.glob("seg_*.mkv")):
+        shutil.rmtree(parts, ignore_errors=True)
+
+
 def run_video(args: argparse.Namespace, up: Any, src: Path, dst: Path) -> int:
     """One video input -> one video output; exit code."""
     if dst.exists() and not args.overwrite:
@@ -401,9 +467,15 @@ def run_video(args: argparse.Namespace, up: Any, src: Path, dst: Path) -> int:
     opts = VideoOptions(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
                         segment_seconds=args.segment_seconds, batch=args.batch_frames)
     try:
+        preflight(src, dst, up.scale, opts)   # options, codec and container before any compute
+    except VideoError as e:
+        log.error("%s", e)
+        return 2
+    try:
         res = upscale_video(src, dst, up, opts, resume=args.resume, progress=not args.no_progress)
     except VideoError as e:
         log.error("%s", e)
+        _drop_empty_parts(parts_dir(dst))
         return 1
     except KeyboardInterrupt:
         log.error("interrupted; finished segments are kept in %s: rerun with --resume to continue",

@@ -10,6 +10,7 @@ import shlex
 import signal
 from pathlib import Path
 
+from ..training.checkpoint import CheckpointWriteError
 from ..training.config import ConfigError, load_config
 from ..training.loop import train
 
@@ -40,6 +41,9 @@ def run_train(args: argparse.Namespace) -> int:
         run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
         existed = Path(run_dir).exists()
         summary = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
+    except CheckpointWriteError as e:
+        log.error("%s", e.strerror)
+        return 1
     except ConfigError as e:
         log.error("%s", e)
         # A setup error found after the folder was made (a device that is not there, a pretrained

@@ -183,7 +183,11 @@ class PatchDataset(Dataset):
         for i, d in enumerate(hr_dirs):
             index = lr_index(list_images(lr_dirs[i]), lr_dirs[i], scale) if lr_dirs else {}
             for path in split_holdout(list_images(d), holdout)[0]:
-                hr = load_rgb_uint8(path)
+                try:
+                    hr = load_rgb_uint8(path)
+                except (ValueError, OSError) as e:   # ImageError is a ValueError: one bad file is skipped
+                    log.warning("skipping %s: %s", path, e)
+                    continue
                 h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
                 if h < hr_patch or w < hr_patch:
                     log.warning("skipping %s: %dx%d is smaller than the %d-pixel HR patch",

@@ -5,6 +5,7 @@ with `torch.load(weights_only=True)`, so loading one never runs pickled code.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -20,8 +21,26 @@ log = logging.getLogger(__name__)
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, quota, permissions), said in words."""
+
+
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+    """Atomically: the previous checkpoints stay whole whatever happens to this one."""
+    try:
+        atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a full disk as RuntimeError("... iostream error" / "file write failed")
+        text = str(e).lower()
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "iostream" in text \
+            or "write failed" in text or "no space" in text
+        if not full and not isinstance(e, OSError):
+            raise
+        what = "the disk is full" if full else (e.strerror or str(e))
+        raise CheckpointWriteError(getattr(e, "errno", None) or errno.EIO,
+                                   f"could not write the checkpoint {path}: {what}; free space (or lower "
+                                   "log.keep_last) and resume with --resume auto: the earlier checkpoints "
+                                   "are intact") from None
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -357,6 +357,32 @@ def _check_model(cfg: Config) -> None:
                           f"allowed values: {list(GENERATORS[cfg.model.arch].scales)}")
     if "upscale" in cfg.model.hparams:
         raise ConfigError("model.hparams.upscale: set model.scale instead")
+    _check_hparams(f"model.hparams ({cfg.model.arch})", GENERATORS[cfg.model.arch].cls, cfg.model.hparams,
+                   cfg.model.scale)
+
+
+def _check_hparams(where: str, cls: type, hparams: dict, scale: int) -> None:
+    """Names the constructor does not take, and sizes below 1, as a ConfigError naming the key; then
+    the network is built on the meta device (no memory), so any other refusal of the values is a
+    ConfigError too, not a traceback at the start of the run."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    allowed = [n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key, value in hparams.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown hyperparameter {key!r}; allowed: {', '.join(allowed)}")
+        default = params[key].default
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1 \
+                and not (isinstance(default, int) and default < 1):
+            raise ConfigError(f"{where}.{key} = {value}: must be a positive integer")
+    import torch
+
+    try:
+        with torch.device("meta"):
+            cls(**({**hparams, "upscale": scale} if "upscale" in allowed else hparams))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{where}: {hparams} cannot build the network ({e})") from None
 
 
 def _check_data(cfg: Config) -> None:

@@ -325,6 +325,28 @@ PATH_RULE = ("relative paths in a config file are relative to that file's folder
              "--set to the working folder")
 
 
+def _val_problems(cfg: Config) -> list[str]:
+    """Validation folders that hold no image, or an image whose header does not read: found now,
+    not at the first validation hours into the run."""
+    from ..data.datasets import hr_folder, list_images
+    from ..io.images import probe_image
+
+    if not cfg.log.val_every:
+        return []
+    problems = []
+    for d in cfg.data.val_dirs:
+        files = list_images(hr_folder(d))
+        if not files:
+            problems.append(f"data.val_dirs: {d} holds no images (give the folder of HR images, or its "
+                            "parent with an HR/ sub-folder)")
+        for f in files:
+            try:
+                probe_image(f)
+            except ValueError as e:
+                problems.append(f"data.val_dirs: {e}")
+    return problems
+
+
 def check_paths(cfg: Config) -> None:
     """Every file and folder the config names must exist, checked before the run folder is made so
     a typo costs no half-made run. One error lists them all."""
@@ -347,6 +369,8 @@ def check_paths(cfg: Config) -> None:
     if (lo.perceptual > 0 or lo.texture > 0) and lo.vgg_weights and not Path(lo.vgg_weights).is_file():
         problems.append(f"losses.vgg_weights: {lo.vgg_weights} is not a file (a torchvision-format VGG19 "
                         "state dict; none is downloaded)")
+    if not problems:
+        problems += _val_problems(cfg)
     if problems:
         raise ConfigError("missing inputs:\n  " + "\n  ".join(problems) + f"\n({PATH_RULE})")
 
@@ -772,9 +796,13 @@ def wrap_distributed(rs: RunState) -> None:
 def open_batches(rs: RunState, next_sample: int) -> None:
     """The training batch stream, starting at global sample `next_sample`."""
     cfg, dinfo = rs.cfg, rs.dinfo
-    dataset = PatchDataset(cfg.data.train_dirs, scale=cfg.model.scale, hr_patch=cfg.data.hr_patch,
-                           seed=cfg.train.seed, degradation=cfg.data.degradation,
-                           lr_dirs=cfg.data.lr_dirs or None, holdout=cfg.data.holdout)
+    try:
+        dataset = PatchDataset(cfg.data.train_dirs, scale=cfg.model.scale, hr_patch=cfg.data.hr_patch,
+                               seed=cfg.train.seed, degradation=cfg.data.degradation,
+                               lr_dirs=cfg.data.lr_dirs or None, holdout=cfg.data.holdout)
+    except (ValueError, FileNotFoundError) as e:   # no usable image, a missing or too small LR pair
+        raise ConfigError(f"data.train_dirs: {e}"
+                          + (f"; lower data.hr_patch (now {cfg.data.hr_patch})" if "usable" in str(e) else "")) from None
     # The sampler's whole state is the next global sample index; rank r takes r, r+W, r+2W, ...
     sampler = IndexStreamSampler(start_index=-(-next_sample // dinfo.world_size), rank=dinfo.rank,
                                  world_size=dinfo.world_size)

@@ -1,7 +1,14 @@
 """Fixtures shared by the test files."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The command line's default engine is `auto`, which measures the installed engines once per machine
+# and caches ONNX graphs; the tests run torch unless they ask for an engine (test_engines.py), so
+# their outputs are torch's bit for bit and nothing is written to the user's cache.
+os.environ.setdefault("SUPERRES_ENGINE", "torch")
 import torch
 
 from superres.archs import build_generator

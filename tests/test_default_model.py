@@ -65,7 +65,7 @@ def test_the_rule_reads_pixels_only_so_a_jpeg_and_its_png_get_the_same_strength(
 def test_the_default_is_the_adaptive_photo_family():
     assert default_model_name() == "photo-x4"
     up = Upscaler.from_pretrained(precision="fp32")
-    assert up.adaptive and up.info["heavy"] == "realnet-x4" and up.scale == 4
+    assert up.adaptive and up.info["heavy"] == "photo-x4-heavy" and up.scale == 4
     assert not Upscaler.from_pretrained("photo-x4", strength=0.3, precision="fp32").adaptive
     assert not Upscaler.from_pretrained("psnr-x4", strength="auto", precision="fp32").adaptive
     with pytest.raises(ValueError, match="allowed values: auto or a number"):
@@ -78,7 +78,7 @@ def test_a_blend_is_the_same_bytes_wherever_it_is_made():
     x = _photo(2, 40)
     up = Upscaler.from_pretrained("photo-x4", precision="fp32", tile=0)
     light = Upscaler.from_pretrained("photo-x4-light", precision="fp32", tile=0).upscale_pixels(x)
-    heavy = Upscaler.from_pretrained("realnet-x4", precision="fp32", tile=0).upscale_pixels(x)
+    heavy = Upscaler.from_pretrained("photo-x4-heavy", precision="fp32", tile=0).upscale_pixels(x)
     assert np.array_equal(up.upscale_pixels(x, strength=0.0), light)
     assert np.array_equal(up.upscale_pixels(x, strength=1.0), heavy)
     fixed = Upscaler.from_pretrained("photo-x4", strength=0.4, precision="fp32", tile=0).upscale_pixels(x)

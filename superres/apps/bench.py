@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .._lazy import lazy_module
 from ..inference import runtime
 from ..inference.models import MODELS, ModelNotFound, default_model_name, resolve_model_path
-from .upscale import int_in
+from .upscale import ENGINE_NAMES, default_engine, int_in
 
 if TYPE_CHECKING:
     import numpy as np_t
@@ -338,7 +338,7 @@ def reference_model(up: "Upscaler") -> "torch_t.nn.Module":
     """A separate fp32, NCHW copy of the Upscaler's generator, as a plain script would hold it. For an
     int8 Upscaler (whose model is an ONNX Runtime session) that is the fp32 generator it was made
     from, which bench_model keeps as `up.fp32_model`."""
-    source = getattr(up, "fp32_model", None) or up.model
+    source = getattr(up, "fp32_model", None) or getattr(up, "_torch_model", None) or up.model
     model = copy.deepcopy(source).float().to(memory_format=torch.contiguous_format).eval()
     return model
 
@@ -573,6 +573,7 @@ class BenchOptions:
     quality_degrade: str = "bicubic"
     quality_seed: int = 0
     backends: tuple[str, ...] = ()         # optional backends to time beside ours (BACKENDS)
+    engine: str = "auto"                   # as `superres upscale --engine`
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "BenchOptions":
@@ -581,7 +582,7 @@ class BenchOptions:
                    folder_images=args.folder_images, image=args.image, memory=bool(args.memory),
                    memory_size=tuple(args.memory_size), quality=args.quality,
                    quality_degrade=args.quality_degrade, quality_seed=args.quality_seed,
-                   backends=tuple(args.backend_list))
+                   backends=tuple(args.backend_list), engine=args.engine)
 
 
 def _measure(fn: Callable[[], Any], device: "torch_t.device", out_pixels: int) -> float:
@@ -597,7 +598,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], opts: BenchOptions, pea
     from .filejob import upscale_files
 
     up = Upscaler.from_pretrained(name, device=opts.device, precision=opts.precision, tile=opts.tile,
-                                  int8_calibration=opts.int8_calibration)
+                                  int8_calibration=opts.int8_calibration, engine=opts.engine)
     up.tune_host_allocator()   # as `superres upscale` runs it
     if up.precision == "int8":
         # the int8 model is an ONNX Runtime session: the reference loop, the FLOP count and the fp32
@@ -714,7 +715,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], opts: BenchOptions, pea
             "peak_rss_mb": memory.get("peak_rss_mb"),
             # extra keys: how it was measured, and the spread behind every median
             "arch": up.info.get("arch"), "scale": up.scale, "output_size": [width * up.scale, height * up.scale],
-            "precision": up.precision, "channels_last": up.channels_last,
+            "precision": up.precision, "engine": up.engine, "channels_last": up.channels_last,
             "tile": up.tile_size(), "tiles": up.count_tiles(height, width), "folder_images": len(files),
             "repeats": opts.repeats, "spread": spreads, "first_call_s": first_call,
             "memory": memory, "backends": backend_rows, "errors": errors, "quality": quality,
@@ -746,7 +747,7 @@ def format_table(report: dict[str, Any]) -> str:
     isa = ", ".join(k for k, v in m["isa"].items() if v) or "none of " + "/".join(_ISA_FLAGS)
     lines = [f"{m['cpu_model']}, {m['cores']} cores ({isa}); torch {m['torch_version']}, "
              f"{m['threads']} threads, {m['device']}, {m['precision']}", ""]
-    header = ["model", "input", "e2e MP/s", "model MP/s", "folder MP/s", "ref MP/s", "x ref", "kFLOP/px",
+    header = ["model", "engine", "input", "e2e MP/s", "model MP/s", "folder MP/s", "ref MP/s", "x ref", "kFLOP/px",
               "GFLOP/s", "peak", "%peak", "ceiling", "RSS MB", "spread"]
     qualities = [r["quality"] for r in report["results"] if r.get("quality")]
     if qualities:
@@ -755,7 +756,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("|" + "---|" * len(header))
     for r in report["results"]:
         frac = r["fraction_of_peak"]
-        cells = [r["model"], "x".join(map(str, r["input_size"])), _fmt(r["mp_per_s"]),
+        cells = [r["model"], r.get("engine", "torch"), "x".join(map(str, r["input_size"])), _fmt(r["mp_per_s"]),
                  _fmt(r["model_only_mp_per_s"]), _fmt(r["folder_mp_per_s"]), _fmt(r["reference_mp_per_s"]),
                  _fmt(r["speedup_vs_reference"], ".2f"), _fmt(r["flops_per_pixel"] / 1e3, ".4g"),
                  _fmt(r["gflops"], ".1f"), _fmt(r["peak_gflops"], ".1f"),
@@ -799,6 +800,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None, metavar="FILE",
                    help="resize this picture to each --size instead of a synthetic image (e.g. Set14 baboon)")
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
+    p.add_argument("--engine", default=default_engine(), choices=ENGINE_NAMES,
+                   help="as `superres upscale --engine` (default auto); the ref column is always plain torch")
     p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
                    help="as `superres upscale` (the peak conv is measured in the same precision; for int8 "
                         "it is the same conv quantized as int8 quantizes a model, run by ONNX Runtime)")

@@ -308,7 +308,9 @@ def _pipeline_upscaler(spec: str, scale: int, device: torch.device, precision: s
     if precision == "int8":
         raise ValueError(f"--model {spec} ({name}) picks a blend per image, which int8 cannot run; "
                          "evaluate its ends by name with --precision int8 instead")
-    up = ImageUpscaler.from_pretrained(name, device=str(device), precision=precision)
+    from .upscale import default_engine
+
+    up = ImageUpscaler.from_pretrained(name, device=str(device), precision=precision, engine=default_engine())
     if up.scale != scale:
         raise ValueError(f"model {spec} ({name}) upscales x{up.scale} but --scale is {scale}; "
                          f"pass --scale {up.scale}")

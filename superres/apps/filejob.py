@@ -70,7 +70,8 @@ def upscaler_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"name_or_path": args.model, "strength": strength, "device": args.device,
             "precision": args.precision, "tile": args.tile, "tile_overlap": args.tile_overlap,
             "hparams": dict(getattr(args, "hparams", None) or []) or None,
-            "int8_calibration": getattr(args, "int8_calibration", None)}
+            "int8_calibration": getattr(args, "int8_calibration", None),
+            "engine": getattr(args, "engine", None) or "torch"}
 
 
 def _megapixels(n: int) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inference import runtime
+from .upscale import ENGINE_NAMES, default_engine
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,10 @@ class ModelPool:
 
     def __init__(self, specs: list[str] | None = None, *, device: str = "auto", precision: str = "auto",
                  tile: int | None = None, upscalers: dict[str, Any] | None = None,
-                 blend_cache: int = 4) -> None:
+                 blend_cache: int = 4, engine: str = "torch") -> None:
         from ..inference.models import MODELS, default_model_name
 
-        self.options = {"device": device, "precision": precision, "tile": tile}
+        self.options = {"device": device, "precision": precision, "tile": tile, "engine": engine}
         self.slots: dict[str, ModelSlot] = {}
         self._blends: OrderedDict[tuple[str, float], Any] = OrderedDict()
         self._blend_cache = blend_cache
@@ -790,6 +791,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="a web origin (scheme://host[:port]) besides the service's own that may post jobs "
                         "(repeatable); by default only the service's own page may")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    p.add_argument("--engine", default=default_engine(), choices=ENGINE_NAMES,
+                   help="as `superres upscale --engine` (default auto)")
     p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
                    help="auto, fp32, bf16, fp16 or int8 (CPU, shipped models) (default auto)")
     p.add_argument("--tile", type=int, default=None, help="LR tile side (default: from free memory)")
@@ -816,7 +819,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..inference.models import ModelNotFound
     from ..inference.weights import WeightsError
     try:
-        pool = ModelPool(args.model, device=args.device, precision=args.precision, tile=args.tile)
+        pool = ModelPool(args.model, device=args.device, precision=args.precision, tile=args.tile,
+                         engine=args.engine)
     except (ModelNotFound, WeightsError, ValueError) as e:
         log.error("%s", e)
         return 2

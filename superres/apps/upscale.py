@@ -235,6 +235,15 @@ def _unit_float(text: str) -> float:
     return value
 
 
+ENGINE_NAMES = ("auto", "torch", "onnxruntime", "openvino")   # inference/engines.py (kept here: --help imports no torch)
+
+
+def default_engine() -> str:
+    """The command line's engine unless --engine says: $SUPERRES_ENGINE, else auto."""
+    value = os.environ.get("SUPERRES_ENGINE", "auto")
+    return value if value in ENGINE_NAMES else "auto"
+
+
 def _strength(text: str) -> str | float:
     return "auto" if text.strip().lower() == "auto" else _unit_float(text)
 
@@ -275,6 +284,11 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=int_in(0), default=DEFAULT_OVERLAP, metavar="N",
                    help=f"input pixels shared by neighbouring tiles, blended (default {DEFAULT_OVERLAP})")
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
+    p.add_argument("--engine", default=default_engine(), choices=ENGINE_NAMES,
+                   help="auto (default; $SUPERRES_ENGINE changes it): for fp32 on the CPU the fastest installed engine whose "
+                        "output is within 1 level of torch's, measured once per machine and model and cached; "
+                        "torch: PyTorch itself; onnxruntime / openvino: the model exported to ONNX (cached) and "
+                        "run by that library (the [onnx] / [openvino] extras)")
     p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
                    help="auto: bf16 + channels_last on CPUs with native bf16, fp16 on CUDA, else fp32. "
                         "int8 (CPU only, needs onnxruntime): ONNX Runtime's static int8 form of the model, "

@@ -47,7 +47,7 @@ class StrengthRule:
 
 
 # fitted by benchmarks/fit_strength_rule.py on training_logs/photo-x4/strength_sweep.jsonl
-AUTO_RULE = StrengthRule(bias=1.2602, noise_w=-0.103, block_w=0.0002, detail_w=-0.3216)
+AUTO_RULE = StrengthRule(bias=1.9375, noise_w=-0.1034, block_w=0.0002, detail_w=-0.5172)
 
 
 def analyze_for_strength(pixels: np.ndarray) -> dict[str, Any]:

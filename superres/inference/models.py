@@ -37,12 +37,16 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "photo-x4": ModelEntry("photo-x4", "photo-x4-light.safetensors", 4,
                            "The default for photos: per image, a blend of photo-x4-light (clean and "
-                           "lightly compressed inputs) and realnet-x4 (noisy, blurred, heavily "
+                           "lightly compressed inputs) and photo-x4-heavy (noisy, blurred, heavily "
                            "compressed ones), chosen from the input's noise, JPEG blocking and detail.",
-                           inputs="real", heavy="realnet-x4"),
+                           inputs="real", heavy="photo-x4-heavy"),
     "photo-x4-light": ModelEntry("photo-x4-light", "photo-x4-light.safetensors", 4,
                                  "Compact net fine-tuned from realnet-x4 with L1 on clean, camera-like and "
                                  "a few heavily degraded inputs: the faithful end of photo-x4.", inputs="real"),
+    "photo-x4-heavy": ModelEntry("photo-x4-heavy", "photo-x4-heavy.safetensors", 4,
+                                 "realnet-x4 fine-tuned toward the photo's low frequencies plus Real-ESRGAN "
+                                 "x4plus's high frequencies on heavily degraded inputs (the teacher only made "
+                                 "the training targets): the cleaning end of photo-x4.", inputs="real"),
     "psnr-x4": ModelEntry("psnr-x4", "psnr-x4.safetensors", 4,
                           "MSRResNet trained with L1 loss on T91+BSD200: highest fidelity (PSNR)."),
     "gan-x4": ModelEntry("gan-x4", "gan-x4.safetensors", 4,

@@ -73,7 +73,7 @@ class Upscaler:
 
     def __init__(self, model: nn.Module, info: dict[str, Any] | None = None, *, device: str = "auto",
                  precision: str = "auto", tile: int | None = None, tile_overlap: int = DEFAULT_OVERLAP,
-                 name: str | None = None, int8_calibration: Any = None) -> None:
+                 name: str | None = None, int8_calibration: Any = None, engine: str = "torch") -> None:
         self.info = dict(info or {})
         self.device = runtime.pick_device(device)
         if precision not in runtime.INFERENCE_PRECISIONS:
@@ -94,6 +94,13 @@ class Upscaler:
             self.amp_dtype = policy.amp_dtype
             self.precision = policy.name
         self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"   # as inference_policy
+        self.engine = self._pick_engine(engine, model)
+        # the torch module the engine runs (blends are made from it); self.model is what runs
+        self._torch_model = model.eval().to(self.device)
+        if self.engine != "torch":
+            from .engines import engine_generator
+
+            model = engine_generator(self._torch_model, self.engine)
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -117,6 +124,22 @@ class Upscaler:
         self._family: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._blends: dict[float, nn.Module] = {}
         self._blend_lock = threading.Lock()
+
+    def _pick_engine(self, engine: str, model: nn.Module) -> str:
+        """torch, or an ONNX engine for fp32 on the CPU (`auto`: the measured choice, engines.py)."""
+        from .engines import ENGINES, EngineError, choose_engine
+
+        if engine not in ENGINES:
+            raise EngineError(f"engine {engine!r}; allowed values: {', '.join(ENGINES)}")
+        if engine == "torch" or self.precision == "int8":
+            return "torch"   # int8 has its own ONNX Runtime graph
+        fp32_cpu = self.amp_dtype is None and self.device.type == "cpu"
+        if engine == "auto":
+            return choose_engine(model.eval().to("cpu")) if fp32_cpu else "torch"
+        if not fp32_cpu:
+            raise EngineError(f"engine {engine!r} runs fp32 on the CPU; here the precision is {self.precision} "
+                              f"on {self.device}: use --engine torch (or auto)")
+        return engine
 
     @property
     def adaptive(self) -> bool:
@@ -157,8 +180,12 @@ class Upscaler:
             if model is None:
                 from .interpolate import interpolate_state_dicts
 
-                model = copy.deepcopy(self.model)
+                model = copy.deepcopy(self._torch_model)
                 model.load_state_dict(interpolate_state_dicts(*self._family, key), strict=True)
+                if self.engine != "torch":
+                    from .engines import engine_generator
+
+                    model = engine_generator(model, self.engine)
                 self._blends[key] = model
         return model
 

@@ -1,0 +1,229 @@
+"""Engines: who runs an fp32 generator's arithmetic on the CPU (`--engine auto|torch|onnxruntime|openvino`).
+
+torch runs the module itself. onnxruntime and openvino run the same network exported to ONNX
+(inference/onnx.py: dynamic batch, height and width, checked against torch at export). An engine
+is a module like the int8 one, (B, C, H, W) float in [0, 1] -> (B, C, H*s, W*s) float32, so tiling,
+the OOM back-off, blends and the web service use it unchanged.
+
+`auto` (fp32 on the CPU only; bf16, fp16 and int8 keep their own paths) measures once per machine
+and architecture which installed engine is fastest among those whose output equals torch's within
+1 level on a fixed probe, and keeps the answer in the cache folder (`engines.json`), so later runs
+start at once. Exported graphs are cached there too, named by the sha256 of the weights they hold,
+and made on first use: nothing is shipped twice.
+
+The cache folder is $SUPERRES_CACHE_DIR, else $XDG_CACHE_HOME/superres, else ~/.cache/superres.
+$SUPERRES_ENGINE sets the default engine of the command line (the library default is torch).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .runtime import RuntimeChoiceError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ENGINES", "EngineGenerator", "cache_dir", "engine_generator", "choose_engine", "available_engines",
+           "weights_sha256"]
+
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+PROBE_SIZE = 96          # LR side of the probe; big enough for the convs' steady-state speed
+PROBE_REPEATS = 3
+TOLERANCE_LEVELS = 1     # an engine may differ from torch fp32 by this many 8-bit levels at most
+
+
+class EngineError(RuntimeChoiceError):
+    """An engine that is not installed or cannot run this model (the message says what to do)."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("SUPERRES_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "superres"
+
+
+def available_engines() -> list[str]:
+    """The engines that can run here: torch, and those whose package is installed."""
+    out = ["torch"]
+    for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        try:
+            __import__(module)
+            out.append(name)
+        except ImportError:
+            pass
+    return out
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of a module's state (names, shapes and bytes), so a blend gets its own graph."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        a = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(a.shape)).encode())
+        h.update(a.numpy().tobytes() if a.dtype != torch.bfloat16 else a.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+class EngineGenerator(nn.Module):
+    """An exported generator run by onnxruntime or openvino, as a module. No parameters; its one
+    buffer is the graph's sha256 (video resume fingerprints a model by its state dict)."""
+
+    def __init__(self, path: Path, engine: str, *, hparams: dict[str, Any], input_multiple: int,
+                 activation_bytes_per_lr_pixel: int | None) -> None:
+        super().__init__()
+        self.engine, self.path = engine, Path(path)
+        threads = torch.get_num_threads()   # as torch would use: the engine changes nothing else
+        if engine == "onnxruntime":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self._input = self._session.get_inputs()[0].name
+        elif engine == "openvino":
+            import openvino as ov
+
+            core = ov.Core()
+            # f32 inference precision: OpenVINO would otherwise pick bf16 on CPUs that have it
+            self._compiled = core.compile_model(str(path), "CPU", {
+                "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                "PERFORMANCE_HINT": "LATENCY"})
+        else:
+            raise EngineError(f"engine {engine!r}; allowed values: onnxruntime, openvino")
+        self.hparams = dict(hparams)
+        self.input_multiple = int(input_multiple)
+        self.activation_bytes_per_lr_pixel = activation_bytes_per_lr_pixel
+        digest = hashlib.sha256(self.path.read_bytes()).digest()
+        self.register_buffer("graph_sha256", torch.frombuffer(bytearray(digest), dtype=torch.uint8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        if self.engine == "onnxruntime":
+            y = self._session.run(None, {self._input: a})[0]
+        else:
+            y = self._compiled(a)[0]
+        return torch.from_numpy(np.asarray(y, dtype=np.float32))
+
+
+def _graph(model: nn.Module) -> Path:
+    """The model's ONNX graph in the cache, exported (and checked against torch) on first use."""
+    from .onnx import ExportError, export_onnx
+
+    path = cache_dir() / "onnx" / f"{weights_sha256(model)}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            export_onnx(model, path, metadata={"made_by": "superres engine cache"})
+        except (ExportError, ImportError) as e:
+            raise EngineError(f"cannot export this model to ONNX for another engine ({e}); use --engine torch") from e
+        log.info("exported the model for the ONNX engines in %.1f s (cached in %s)", time.perf_counter() - t0,
+                 path.parent)
+    return path
+
+
+def engine_generator(model: nn.Module, engine: str) -> nn.Module:
+    """`model` (fp32, eval, CPU) run by `engine`: the module itself for torch."""
+    if engine == "torch":
+        return model
+    if engine not in available_engines():
+        extra = "onnx" if engine == "onnxruntime" else "openvino"
+        raise EngineError(f"engine {engine!r} is not installed; pip install -c constraints.txt -e '.[{extra}]' "
+                          "or use --engine torch")
+    from ..archs import activation_bytes, input_multiple
+
+    return EngineGenerator(_graph(model), engine, hparams=getattr(model, "hparams", {}) or {},
+                           input_multiple=input_multiple(model),
+                           activation_bytes_per_lr_pixel=activation_bytes(model, graph=True))
+
+
+def _machine_key(model: nn.Module) -> str:
+    """What an engine's speed depends on: CPU, thread count, library versions and the network's
+    shape (not its weights)."""
+    versions = []
+    for module in ("onnxruntime", "openvino"):
+        try:
+            versions.append(f"{module}={__import__(module).__version__}")
+        except ImportError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    arch = f"{type(model).__name__}{sorted((getattr(model, 'hparams', {}) or {}).items())}"
+    return "|".join([cpu, f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", *versions, arch])
+
+
+def _probe(model: nn.Module, engines: list[str]) -> dict[str, Any]:
+    """Time each engine on a fixed input and compare its output with torch fp32's."""
+    from .core import tensor_to_uint8, upscale_tensor
+
+    channels = int((getattr(model, "hparams", {}) or {}).get("num_in_ch", 3))
+    x = torch.rand(1, channels, PROBE_SIZE, PROBE_SIZE, generator=torch.Generator().manual_seed(0))
+    results: dict[str, Any] = {}
+    reference = None
+    for name in engines:
+        try:
+            gen = engine_generator(model, name)
+            with torch.no_grad():
+                out = tensor_to_uint8(upscale_tensor(gen, x))   # also the warm-up
+                times = []
+                for _ in range(PROBE_REPEATS):
+                    t0 = time.perf_counter()
+                    upscale_tensor(gen, x)
+                    times.append(time.perf_counter() - t0)
+        except Exception as e:   # an engine that fails is a result, not the end of the run
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        if reference is None:
+            reference = out
+        diff = int(np.abs(out.astype(np.int16) - reference.astype(np.int16)).max())
+        results[name] = {"seconds": min(times), "max_diff_levels": diff}
+    return results
+
+
+def choose_engine(model: nn.Module) -> str:
+    """The fastest installed engine for `model` on this machine whose output is within 1 level of
+    torch fp32's, measured once and remembered in the cache folder."""
+    key = _machine_key(model)
+    store = cache_dir() / "engines.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known and known[key].get("engine") in available_engines():
+        return known[key]["engine"]
+    engines = available_engines()
+    if engines == ["torch"]:
+        return "torch"
+    log.info("measuring the engines for this model on this machine (once; cached in %s)", store)
+    results = _probe(model, engines)
+    ok = {n: r for n, r in results.items() if "seconds" in r and r["max_diff_levels"] <= TOLERANCE_LEVELS}
+    best = min(ok, key=lambda n: ok[n]["seconds"]) if ok else "torch"
+    known[key] = {"engine": best, "probe": results, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        from ..io.fs import atomic_write
+
+        store.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(store, json.dumps(known, indent=2).encode())
+    except OSError as e:   # a read-only home: measured again next time
+        log.warning("could not remember the engine choice in %s (%s)", store, e)
+    speed = ", ".join(f"{n} {r['seconds'] * 1000:.0f} ms" if "seconds" in r else f"{n} failed"
+                      for n, r in results.items())
+    log.info("engine %s (%s)", best, speed)
+    return best

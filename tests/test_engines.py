@@ -1,0 +1,101 @@
+"""Engines (`--engine`): ONNX Runtime and OpenVINO run the exported network within 1 level of torch
+fp32; `auto` measures once per machine and architecture and remembers; graphs are cached by weights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from superres.apps.cli import main
+from superres.archs import build_generator
+from superres.inference import engines
+from superres.inference.engines import EngineError, available_engines, choose_engine, engine_generator
+from superres.inference.upscaler import Upscaler
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERRES_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_generator("compact", num_feat=8, num_conv=2, upscale=4).eval()
+
+
+def test_auto_measures_once_and_remembers(cache, monkeypatch):
+    calls = []
+
+    def probe(model, names):
+        calls.append(names)
+        return {n: {"seconds": {"torch": 0.3, "onnxruntime": 0.2, "openvino": 0.1}[n],
+                    "max_diff_levels": 2 if n == "openvino" else 1} for n in names}
+
+    monkeypatch.setattr(engines, "_probe", probe)
+    monkeypatch.setattr(engines, "available_engines", lambda: ["torch", "onnxruntime", "openvino"])
+    # openvino is faster but 2 levels off: auto takes the fastest of those within 1 level
+    assert choose_engine(_tiny()) == "onnxruntime"
+    assert choose_engine(_tiny(1)) == "onnxruntime" and len(calls) == 1   # other weights, same network
+    stored = json.loads((cache / "engines.json").read_text())
+    (entry,) = stored.values()
+    assert entry["engine"] == "onnxruntime" and entry["probe"]["openvino"]["max_diff_levels"] == 2
+    big = build_generator("compact", num_feat=16, num_conv=2, upscale=4)
+    choose_engine(big)
+    assert len(calls) == 2   # another architecture is measured
+
+
+def test_engine_options_are_checked(tmp_path):
+    with pytest.raises(EngineError, match="allowed values: auto, torch, onnxruntime, openvino"):
+        Upscaler(_tiny(), {"scale": 4}, device="cpu", precision="fp32", engine="tensorrt")
+    with pytest.raises(EngineError, match="runs fp32 on the CPU"):
+        Upscaler(_tiny(), {"scale": 4}, device="cpu", precision="bf16", engine="onnxruntime")
+    # auto with a low precision is torch; int8 keeps its own graph
+    assert Upscaler(_tiny(), {"scale": 4}, device="cpu", precision="bf16", engine="auto").engine == "torch"
+    src = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    with pytest.raises(SystemExit) as e:
+        main(["upscale", str(src), "-o", str(tmp_path / "y.png"), "--engine", "tensorrt"])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_an_engine_is_within_one_level_of_torch_and_its_graph_is_cached(engine, cache, monkeypatch):
+    if engine not in available_engines():
+        pytest.skip(f"{engine} is not installed")
+    model = _tiny()
+    x = (np.random.default_rng(0).random((20, 28, 3)) * 255).astype(np.uint8)
+    ref = Upscaler(model, {"scale": 4}, device="cpu", precision="fp32", tile=0).upscale_pixels(x)
+    up = Upscaler(model, {"scale": 4}, device="cpu", precision="fp32", tile=0, engine=engine)
+    assert up.engine == engine and type(up.model).__name__ == "EngineGenerator"
+    out = up.upscale_pixels(x)
+    assert out.shape == ref.shape and np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    # tiles go through the engine too, and the graph is not exported again
+    monkeypatch.setattr("superres.inference.onnx.export_onnx",
+                        lambda *a, **k: pytest.fail("exported twice"))
+    tiled = Upscaler(model, {"scale": 4}, device="cpu", precision="fp32", tile=12, engine=engine).upscale_pixels(x)
+    assert np.abs(tiled.astype(int) - ref.astype(int)).max() <= 1
+    assert len(list((cache / "onnx").glob("*.onnx"))) == 1
+
+
+@pytest.mark.slow
+def test_a_blend_family_runs_each_blend_through_the_engine():
+    if "onnxruntime" not in available_engines():
+        pytest.skip("onnxruntime is not installed")
+    from superres.inference.models import MODELS
+
+    if not MODELS["photo-x4"].available:
+        pytest.skip("photo-x4 is not shipped")
+    x = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
+    torch_up = Upscaler.from_pretrained("photo-x4", precision="fp32", tile=0)
+    ort_up = Upscaler.from_pretrained("photo-x4", precision="fp32", tile=0, engine="onnxruntime")
+    assert ort_up.adaptive and ort_up.engine == "onnxruntime"
+    for s in (0.0, 0.4):
+        a, b = torch_up.upscale_pixels(x, strength=s), ort_up.upscale_pixels(x, strength=s)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert type(ort_up._model_at(0.4)).__name__ == "EngineGenerator"

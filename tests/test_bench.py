@@ -168,7 +168,7 @@ def test_cli_writes_the_schema_and_consistent_numbers(tmp_path, tiny_path, capsy
         assert r["output_size"] == [r["input_size"][0] * 2, r["input_size"][1] * 2]
     assert [b["input"] for b in report["peak"]["by_input"]] == [list(bench.QUICK_PEAK_INPUT)]
     out = capsys.readouterr().out
-    assert "| model | input | e2e MP/s |" in out and "| tiny | 16x12 |" in out
+    assert "| model | engine | input | e2e MP/s |" in out and "| tiny | torch | 16x12 |" in out
 
 
 def test_memory_and_startup(tmp_path, tiny_path):

@@ -9,6 +9,33 @@ import pytest
 # and caches ONNX graphs; the tests run torch unless they ask for an engine (test_engines.py), so
 # their outputs are torch's bit for bit and nothing is written to the user's cache.
 os.environ.setdefault("SUPERRES_ENGINE", "torch")
+
+
+def start_live_server(app):
+    """Run `app` on a real uvicorn server in a thread on a free loopback port; (port, stop)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while not srv.started:
+        if time.monotonic() - t0 > 20:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+
+    def stop() -> None:
+        srv.should_exit = True
+        thread.join(10)
+
+    return port, stop
 import torch
 
 from superres.archs import build_generator

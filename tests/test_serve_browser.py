@@ -6,12 +6,8 @@ look at; docs/serve_page.png is a reviewed copy of it.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +19,9 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed (pip i
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed (pip install -e '.[serve]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (it is in [dev])")
 
-import uvicorn  # noqa: E402
 
 from superres.archs import build_generator  # noqa: E402
+from conftest import start_live_server  # noqa: E402
 from superres.apps.serve import ModelPool, ServiceConfig, create_app  # noqa: E402
 from superres.inference.upscaler import Upscaler  # noqa: E402
 
@@ -41,21 +37,9 @@ def server():
     torch.manual_seed(0)
     model = build_generator("msrresnet", num_feat=4, num_block=1, upscale=4)
     up = Upscaler(model, {"arch": "msrresnet", "scale": 4}, device="cpu", precision="fp32", tile=16)
-    app = create_app(ModelPool(upscalers={"tiny": up}), ServiceConfig())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    t0 = time.monotonic()
-    while not srv.started:
-        if time.monotonic() - t0 > 20:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
+    port, stop = start_live_server(create_app(ModelPool(upscalers={"tiny": up}), ServiceConfig()))
     yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    stop()
 
 
 def test_upload_progress_result_slider_download(server, tmp_path):

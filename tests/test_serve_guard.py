@@ -6,7 +6,6 @@ import io
 import select
 import socket
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -17,9 +16,10 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed (pip install -e '.[serve]')")
 
-import uvicorn  # noqa: E402
+
 from fastapi.testclient import TestClient  # noqa: E402
 
+from conftest import start_live_server  # noqa: E402
 from superres.apps.serve import (  # noqa: E402
     Job,
     ModelPool,
@@ -58,27 +58,16 @@ def _png(size=(24, 16)) -> bytes:
 @pytest.fixture()
 def live_server():
     """A real uvicorn server in a thread (raw sockets can then send what no HTTP client would)."""
-    servers = []
+    stops = []
 
     def start(**cfg):
-        app = create_app(ModelPool(upscalers={"tiny": _tiny()}), ServiceConfig(**cfg))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        t0 = time.monotonic()
-        while not srv.started:
-            assert time.monotonic() - t0 < 20, "uvicorn did not start"
-            time.sleep(0.02)
-        servers.append((srv, thread))
+        port, stop = start_live_server(create_app(ModelPool(upscalers={"tiny": _tiny()}), ServiceConfig(**cfg)))
+        stops.append(stop)
         return port
 
     yield start
-    for srv, thread in servers:
-        srv.should_exit = True
-        thread.join(10)
+    for stop in stops:
+        stop()
 
 
 def _response(sock: socket.socket) -> bytes:

@@ -482,12 +482,12 @@ def check_upload(data: bytes, filename: str, cfg: ServiceConfig) -> tuple[int, i
     except Image.DecompressionBombError as e:
         raise RequestError(413, f"{filename}: {e}") from None
     except UnidentifiedImageError:
-        from ..io.images import unsupported_kind
+        from ..io.images import refuse_unsupported
 
-        kind = unsupported_kind(filename, data[:64])
-        if kind is not None:
-            raise RequestError(415, f"{filename}: {kind} images are not supported; convert it to PNG, JPEG "
-                                    "or TIFF first") from None
+        try:
+            refuse_unsupported(filename, data[:64])
+        except ImageError as e:   # AVIF, HEIC, SVG ...: said as the command line says it
+            raise RequestError(415, str(e)) from None
         raise RequestError(415, f"{filename} is not an image in a format we read (PNG, JPEG, WebP, TIFF, "
                                 "BMP, GIF)") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -246,7 +246,7 @@ def preflight(src: str | os.PathLike, dst: str | os.PathLike, scale: int, opts: 
     with tempfile.TemporaryDirectory(prefix="superres-video-check-") as tmp:
         trial = Path(tmp) / f"trial{dst.suffix}"
         try:
-            res = upscale_video(src, trial, _Nearest(scale), opts, progress=False, max_frames=2)
+            upscale_video(src, trial, _Nearest(scale), opts, progress=False, max_frames=2)
         except VideoError:
             raise
         except Exception as e:   # FFmpeg's own words, with what to change

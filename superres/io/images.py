@@ -250,7 +250,7 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
     try:
         with f:
             head = f.read(64)
-            _refuse_unsupported(str(path), head)
+            refuse_unsupported(str(path), head)
             if head[:4] in (b"II*\0", b"MM\0*"):
                 info = probe_tiff(path, str(path))
                 if info is not None:
@@ -287,7 +287,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> ImageData:
     """Decode the bytes of an image file (for servers that never touch the disk)."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes), not an image")
-    _refuse_unsupported(name, data[:64])
+    refuse_unsupported(name, data[:64])
     img = _decode_png16(data, name)
     if img is None and data[:4] in (b"II*\0", b"MM\0*"):
         img = _decode_tiff_samples(data, name)
@@ -314,21 +314,25 @@ def probe_tiff(source: "Path | io.BytesIO", name: str) -> "ImageInfo | None":
     try:
         with tifffile.TiffFile(source) as tif:
             page = tif.pages.first
-            dtype, shape = page.dtype, page.shape
+            dtype = page.dtype
             height, width = page.imagelength, page.imagewidth
     except Exception:
         return None
     if dtype is None or dtype.kind == "b" or dtype in (np.uint8, np.uint16):
         return None
     if dtype.kind in "iu":
-        raise ImageError(f"{name}: {dtype.itemsize * 8}-bit {'signed' if dtype.kind == 'i' else 'unsigned'} "
-                         "integer samples are not supported (no value means full intensity); "
-                         "convert it to 8- or 16-bit unsigned, or to float in [0, 1]")
-    del shape
+        raise _integer_samples_error(name, dtype)
     return ImageInfo(int(width), int(height), 1, "TIFF")
 
 
-def _refuse_unsupported(name: str, head: bytes) -> None:
+def _integer_samples_error(name: str, dtype: np.dtype) -> ImageError:
+    """A TIFF of signed or 32-bit integer samples: no value of theirs means full intensity."""
+    kind = "signed" if dtype.kind == "i" else "unsigned"
+    return ImageError(f"{name}: {dtype.itemsize * 8}-bit {kind} integer samples are not supported (no value "
+                      "means full intensity); convert it to 8- or 16-bit unsigned, or to float in [0, 1]")
+
+
+def refuse_unsupported(name: str, head: bytes) -> None:
     kind = unsupported_kind(name, head)
     if kind is not None:
         raise ImageError(f"{name}: {kind} images are not supported; convert it to PNG, JPEG or TIFF "
@@ -348,9 +352,7 @@ def _decode_tiff_samples(data: bytes, name: str) -> ImageData | None:
             if dtype is None or dtype.kind == "b" or dtype in (np.uint8, np.uint16):
                 return None
             if dtype.kind in "iu":
-                raise ImageError(f"{name}: {dtype.itemsize * 8}-bit {'signed' if dtype.kind == 'i' else 'unsigned'} "
-                                 "integer samples are not supported (no value means full intensity); "
-                                 "convert it to 8- or 16-bit unsigned, or to float in [0, 1]")
+                raise _integer_samples_error(name, dtype)
             if dtype.kind != "f" or page.photometric not in (tifffile.PHOTOMETRIC.MINISBLACK,
                                                               tifffile.PHOTOMETRIC.RGB):
                 return None

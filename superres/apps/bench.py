@@ -77,7 +77,7 @@ _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx")
 
 COLUMNS_HELP = """\
 columns (all MP/s are output megapixels per second; median over --repeats, min-max in the JSON):
-  engine       who ran the model's arithmetic (--engine: torch, onnxruntime, openvino)
+  engine       who ran the model's arithmetic (--engine: torch, winograd, onnxruntime, openvino)
   e2e MP/s     end to end as `superres upscale` runs one image, without process start: PNG bytes ->
                decode -> tiles -> model -> blend -> PNG encode (superres.images, Upscaler)
   model MP/s   the inference core alone: Upscaler.upscale_pixels on an array already in memory

@@ -235,7 +235,7 @@ def _unit_float(text: str) -> float:
     return value
 
 
-ENGINE_NAMES = ("auto", "torch", "onnxruntime", "openvino")   # inference/engines.py (kept here: --help imports no torch)
+ENGINE_NAMES = ("auto", "torch", "winograd", "onnxruntime", "openvino")   # inference/engines.py (kept here: --help imports no torch)
 
 
 def default_engine() -> str:
@@ -287,7 +287,8 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=default_engine(), choices=ENGINE_NAMES,
                    help="auto (default; $SUPERRES_ENGINE changes it): for fp32 on the CPU the fastest installed engine whose "
                         "output is within 1 level of torch's, measured once per machine and model and cached; "
-                        "torch: PyTorch itself; onnxruntime / openvino: the model exported to ONNX (cached) and "
+                        "torch: PyTorch itself; winograd: PyTorch with its 3x3 convs run by NNPACK's Winograd kernels "
+                        "(no extra package); onnxruntime / openvino: the model exported to ONNX (cached) and "
                         "run by that library (the [onnx] / [openvino] extras)")
     p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
                    help="auto: bf16 + channels_last on CPUs with native bf16, fp16 on CUDA, else fp32. "

@@ -1,6 +1,10 @@
 """Engines: who runs an fp32 generator's arithmetic on the CPU (`--engine auto|torch|onnxruntime|openvino`).
 
-torch runs the module itself. onnxruntime and openvino run the same network exported to ONNX
+torch runs the module itself. winograd is torch too, with every 3x3 stride-1 convolution handed to
+NNPACK (bundled in PyTorch's CPU wheels for x86-64 and ARM): Winograd F(6x6, 3x3) kernels do about
+a quarter of the multiplications of a direct 3x3 conv, at a rounding error of about 1e-5 per conv,
+so on a CPU where torch's own convs already run near the fp32 peak it is the one engine left that
+can be much faster. onnxruntime and openvino run the same network exported to ONNX
 (inference/onnx.py: dynamic batch, height and width, checked against torch at export). An engine
 is a module like the int8 one, (B, C, H, W) float in [0, 1] -> (B, C, H*s, W*s) float32, so tiling,
 the OOM back-off, blends and the web service use it unchanged.
@@ -16,6 +20,7 @@ $SUPERRES_ENGINE sets the default engine of the command line (the library defaul
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -33,11 +38,13 @@ from .runtime import RuntimeChoiceError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "EngineGenerator", "cache_dir", "engine_generator", "choose_engine", "available_engines",
+__all__ = ["ENGINES", "EngineGenerator", "WinogradConv2d", "winograd_generator", "winograd_available", "cache_dir", "engine_generator", "choose_engine", "available_engines",
            "weights_sha256"]
 
-ENGINES = ("auto", "torch", "onnxruntime", "openvino")
-PROBE_SIZE = 96          # LR side of the probe; big enough for the convs' steady-state speed
+ENGINES = ("auto", "torch", "winograd", "onnxruntime", "openvino")
+# LR side of the probe: big enough that the convs run at their photo-size speed (at 96 pixels the
+# per-call costs still hide how the engines compare on a 1 MP photo)
+PROBE_SIZE = 192
 PROBE_REPEATS = 3
 TOLERANCE_LEVELS = 1     # an engine may differ from torch fp32 by this many 8-bit levels at most
 
@@ -54,9 +61,21 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "superres"
 
 
+def winograd_available() -> bool:
+    """Whether this torch build has NNPACK and it runs on this CPU (its x86-64 kernels need AVX2).
+    torch._nnpack_available() also initialises NNPACK, which its convolution needs first."""
+    try:
+        return bool(torch._nnpack_available())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def available_engines() -> list[str]:
-    """The engines that can run here: torch, and those whose package is installed."""
+    """The engines that can run here: torch, winograd where NNPACK works, and those whose package
+    is installed."""
     out = ["torch"]
+    if winograd_available():
+        out.append("winograd")
     for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
         try:
             __import__(module)
@@ -118,6 +137,43 @@ class EngineGenerator(nn.Module):
         return torch.from_numpy(np.asarray(y, dtype=np.float32))
 
 
+class WinogradConv2d(nn.Conv2d):
+    """A 3x3, stride-1, ungrouped, zero-padded Conv2d whose fp32 CPU inference runs in NNPACK.
+
+    A subclass, so the module keeps its parameters, state-dict keys and forward hooks (FLOP counts,
+    fingerprints); training, other dtypes and devices take nn.Conv2d's own path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return super().forward(x)
+        bias = self.bias if self.bias is not None else torch.zeros(self.out_channels, dtype=x.dtype)
+        return torch._nnpack_spatial_convolution(x.contiguous(), self.weight.contiguous(), bias,
+                                                 list(self.padding), list(self.stride))
+
+
+def _winograd_eligible(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and isinstance(conv.padding, tuple))
+
+
+def winograd_generator(model: nn.Module) -> nn.Module:
+    """A copy of `model` (fp32, eval, CPU) whose eligible 3x3 convs run in NNPACK; the others (the
+    first conv of a 1-channel net, 1x1 convs, strided ones) stay as they are."""
+    if not winograd_available():
+        raise EngineError("engine 'winograd' needs NNPACK, which this torch build or CPU lacks; use --engine torch")
+    out = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
+    swapped = 0
+    for module in out.modules():
+        if _winograd_eligible(module):
+            module.__class__ = WinogradConv2d
+            swapped += 1
+    if not swapped:
+        raise EngineError("engine 'winograd': this network has no 3x3 stride-1 convolution; use --engine torch")
+    return out
+
+
 def _graph(model: nn.Module) -> Path:
     """The model's ONNX graph in the cache, exported (and checked against torch) on first use."""
     from .onnx import ExportError, export_onnx
@@ -139,6 +195,8 @@ def engine_generator(model: nn.Module, engine: str) -> nn.Module:
     """`model` (fp32, eval, CPU) run by `engine`: the module itself for torch."""
     if engine == "torch":
         return model
+    if engine == "winograd":
+        return winograd_generator(model)
     if engine not in available_engines():
         extra = "onnx" if engine == "onnxruntime" else "openvino"
         raise EngineError(f"engine {engine!r} is not installed; pip install -c constraints.txt -e '.[{extra}]' "
@@ -166,7 +224,10 @@ def _machine_key(model: nn.Module) -> str:
     except OSError:
         pass
     arch = f"{type(model).__name__}{sorted((getattr(model, 'hparams', {}) or {}).items())}"
-    return "|".join([cpu, f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", *versions, arch])
+    # the engines on offer are part of the key: a newly installed (or newly added) one is measured
+    engines = "engines=" + ",".join(available_engines())
+    return "|".join([cpu, f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", *versions, engines,
+                     arch])
 
 
 def _probe(model: nn.Module, engines: list[str]) -> dict[str, Any]:

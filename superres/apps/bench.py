@@ -598,6 +598,7 @@ def bench_model(name: str, sizes: list[tuple[int, int]], opts: BenchOptions, pea
     from ..io.images import ImageData, decode_image, encode_image
     from .filejob import upscale_files
 
+    Upscaler.tune_host_allocator_before(opts.device, opts.tile)
     up = Upscaler.from_pretrained(name, device=opts.device, precision=opts.precision, tile=opts.tile,
                                   int8_calibration=opts.int8_calibration, engine=opts.engine)
     up.tune_host_allocator()   # as `superres upscale` runs it

@@ -69,6 +69,7 @@ class UpscaleWorker:
         if threads:
             torch.set_num_threads(threads)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        Upscaler.tune_host_allocator_before(options.get("device", "auto"), options.get("tile"))
         self.up = Upscaler.from_pretrained(**options)
         self.up.tune_host_allocator()
         from .filejob import FileJobOptions

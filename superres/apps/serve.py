@@ -121,6 +121,7 @@ class ModelPool:
             specs = [default_model_name()]
         for spec in specs or []:
             from ..inference.upscaler import Upscaler
+            Upscaler.tune_host_allocator_before(self.options["device"], self.options["tile"])
             up = Upscaler.from_pretrained(spec, **self.options)
             up.tune_host_allocator()
             label = spec if spec in MODELS else Path(spec).stem

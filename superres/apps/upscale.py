@@ -82,6 +82,7 @@ def _load_upscaler(args: argparse.Namespace) -> "Upscaler | None":
     from ..inference.upscaler import Upscaler
     try:
         check_denoise(args)
+        Upscaler.tune_host_allocator_before(args.device, args.tile)
         up = Upscaler.from_pretrained(**upscaler_options(args))
     except (ModelNotFound, ValueError, runtime.RuntimeChoiceError) as e:
         log.error("%s", e)

@@ -1,13 +1,14 @@
-"""Engines: who runs an fp32 generator's arithmetic on the CPU (`--engine auto|torch|onnxruntime|openvino`).
+"""Engines: who runs an fp32 generator's arithmetic on the CPU (`--engine`: auto, torch, winograd,
+onnxruntime, openvino).
 
 torch runs the module itself. winograd is torch too, with every 3x3 stride-1 convolution handed to
-NNPACK (bundled in PyTorch's CPU wheels for x86-64 and ARM): Winograd F(6x6, 3x3) kernels do about
-a quarter of the multiplications of a direct 3x3 conv, at a rounding error of about 1e-5 per conv,
-so on a CPU where torch's own convs already run near the fp32 peak it is the one engine left that
-can be much faster. onnxruntime and openvino run the same network exported to ONNX
-(inference/onnx.py: dynamic batch, height and width, checked against torch at export). An engine
-is a module like the int8 one, (B, C, H, W) float in [0, 1] -> (B, C, H*s, W*s) float32, so tiling,
-the OOM back-off, blends and the web service use it unchanged.
+NNPACK (bundled in PyTorch's CPU wheels for x86-64 and ARM), whose Winograd kernels (F(6x6, 3x3):
+64 multiplications per 6x6 output tile and channel pair where a direct 3x3 conv does 324) round
+differently by about 1e-5 per conv; on a CPU where torch's own convs already run near the fp32
+peak it is the one engine left that can be much faster. onnxruntime and openvino run the same
+network exported to ONNX (inference/onnx.py: dynamic batch, height and width, checked against torch
+at export). An engine is a module like the int8 one, (B, C, H, W) float in [0, 1] -> (B, C, H*s,
+W*s) float32, so tiling, the OOM back-off, blends and the web service use it unchanged.
 
 `auto` (fp32 on the CPU only; bf16, fp16 and int8 keep their own paths) measures once per machine
 and architecture which installed engine is fastest among those whose output equals torch's within
@@ -38,14 +39,17 @@ from .runtime import RuntimeChoiceError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "EngineGenerator", "WinogradConv2d", "winograd_generator", "winograd_available", "cache_dir", "engine_generator", "choose_engine", "available_engines",
+__all__ = ["ENGINES", "EngineGenerator", "WinogradConv2d", "winograd_generator", "winograd_available",
+           "cache_dir", "engine_generator", "choose_engine", "available_engines",
            "weights_sha256"]
 
 ENGINES = ("auto", "torch", "winograd", "onnxruntime", "openvino")
-# LR side of the probe: big enough that the convs run at their photo-size speed (at 96 pixels the
-# per-call costs still hide how the engines compare on a 1 MP photo)
-PROBE_SIZE = 192
-PROBE_REPEATS = 3
+# The probe's LR (height, width): a tile of a photo. The engines rank differently on small inputs
+# (per-call costs: NNPACK transforms every conv's weights on each call, and is slower than torch at
+# 128x128 but 1.3-1.65x faster from 256x512 up on a 2-core AVX2 CPU), so it is measured at the size
+# it will run at. About 1 s per torch pass on such a CPU.
+PROBE_SHAPE = (256, 512)
+PROBE_REPEATS = 2
 TOLERANCE_LEVELS = 1     # an engine may differ from torch fp32 by this many 8-bit levels at most
 
 
@@ -235,7 +239,7 @@ def _probe(model: nn.Module, engines: list[str]) -> dict[str, Any]:
     from .core import tensor_to_uint8, upscale_tensor
 
     channels = int((getattr(model, "hparams", {}) or {}).get("num_in_ch", 3))
-    x = torch.rand(1, channels, PROBE_SIZE, PROBE_SIZE, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, channels, *PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
     results: dict[str, Any] = {}
     reference = None
     for name in engines:

@@ -203,6 +203,18 @@ class Upscaler:
             return configure_host_allocator()
         return False
 
+    @staticmethod
+    def tune_host_allocator_before(device: str | torch.device = "auto", tile: int | None = None) -> bool:
+        """tune_host_allocator for an Upscaler about to be built with these options: automatic
+        tiles on the CPU always fit the budget. The applications call it first so that `--engine
+        auto`'s probe measures the engines in the state the process will run them in (untuned,
+        glibc faults every big torch buffer in anew and torch looks slower than it is)."""
+        try:
+            cpu = runtime.pick_device(str(device)).type == "cpu"
+        except runtime.RuntimeChoiceError:
+            return False   # the constructor reports a device that is not there
+        return configure_host_allocator() if cpu and tile is None else False
+
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod

@@ -163,8 +163,8 @@ def _winograd_eligible(conv: nn.Module) -> bool:
 
 
 def winograd_generator(model: nn.Module) -> nn.Module:
-    """A copy of `model` (fp32, eval, CPU) whose eligible 3x3 convs run in NNPACK; the others (the
-    first conv of a 1-channel net, 1x1 convs, strided ones) stay as they are."""
+    """A copy of `model` (fp32, eval, CPU) whose 3x3 stride-1 convs run in NNPACK; the others (1x1,
+    strided, dilated or grouped convs) stay as they are."""
     if not winograd_available():
         raise EngineError("engine 'winograd' needs NNPACK, which this torch build or CPU lacks; use --engine torch")
     out = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
@@ -212,7 +212,7 @@ def engine_generator(model: nn.Module, engine: str) -> nn.Module:
                            activation_bytes_per_lr_pixel=activation_bytes(model, graph=True))
 
 
-def _machine_key(model: nn.Module) -> str:
+def _machine_key(model: nn.Module, engines: list[str]) -> str:
     """What an engine's speed depends on: CPU, thread count, library versions and the network's
     shape (not its weights)."""
     versions = []
@@ -229,9 +229,8 @@ def _machine_key(model: nn.Module) -> str:
         pass
     arch = f"{type(model).__name__}{sorted((getattr(model, 'hparams', {}) or {}).items())}"
     # the engines on offer are part of the key: a newly installed (or newly added) one is measured
-    engines = "engines=" + ",".join(available_engines())
-    return "|".join([cpu, f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", *versions, engines,
-                     arch])
+    return "|".join([cpu, f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", *versions,
+                     "engines=" + ",".join(engines), arch])
 
 
 def _probe(model: nn.Module, engines: list[str]) -> dict[str, Any]:
@@ -265,15 +264,15 @@ def _probe(model: nn.Module, engines: list[str]) -> dict[str, Any]:
 def choose_engine(model: nn.Module) -> str:
     """The fastest installed engine for `model` on this machine whose output is within 1 level of
     torch fp32's, measured once and remembered in the cache folder."""
-    key = _machine_key(model)
+    engines = available_engines()
+    key = _machine_key(model, engines)
     store = cache_dir() / "engines.json"
     try:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known and known[key].get("engine") in available_engines():
+    if key in known and known[key].get("engine") in engines:
         return known[key]["engine"]
-    engines = available_engines()
     if engines == ["torch"]:
         return "torch"
     log.info("measuring the engines for this model on this machine (once; cached in %s)", store)

@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import signal
+import sys
 from pathlib import Path
 
 from ..training.checkpoint import CheckpointWriteError
@@ -33,6 +34,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    rc = _run_train(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank leaves without running destructors: gloo's process-group destructor can
+        # deadlock at interpreter exit (training/loop.py close_run). Files and logs are closed and
+        # flushed first; the exit code is the same.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of the log, from rank 0
     run_dir, existed = None, True

@@ -1060,6 +1060,10 @@ def stop_together(rs: RunState, requested: bool) -> bool:
     return bool(flag.item())
 
 
+# DistributedDataParallel wrappers of finished runs, kept alive on purpose (close_run says why)
+ENDED_DDP_WRAPPERS: list[tuple[Any, Any]] = []
+
+
 def close_run(rs: RunState, save: bool, failed: bool) -> None:
     """The end of a run, clean or not: the final checkpoint when `save`, then files, the
     deterministic-algorithms switch and the process group, whatever that checkpoint does."""
@@ -1079,6 +1083,13 @@ def close_run(rs: RunState, save: bool, failed: bool) -> None:
             if not failed:
                 dist.barrier()
             dist.destroy_process_group()
+            # gloo's ProcessGroup destructor joins its worker threads while holding the GIL, and a
+            # worker still releasing a finished collective's tensor waits for the GIL: a deadlock
+            # (a CPU rank stuck in ~ProcessGroupGloo under ~Reducer when train() returned, seen once
+            # on a loaded machine). The DDP wrappers own the group, so they are kept for the life
+            # of the process and that destructor never runs; the command line ends such a rank
+            # with os._exit (apps/train.py).
+            ENDED_DDP_WRAPPERS.append((rs.gen_train, rs.disc_train))
 
 
 # ---------------------------------------------------------------------------------------------

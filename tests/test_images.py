@@ -544,3 +544,31 @@ def test_png_level_trades_bytes_for_time_never_pixels():
         np.testing.assert_array_equal(decode_image(data).pixels, img.pixels)
     with pytest.raises(ImageError, match=r"png_level=10; allowed values: 0..9"):
         encode_image(img, "png", png_level=10)
+
+
+@pytest.mark.parametrize("depth", [np.uint8, np.uint16])
+def test_png_strips_encode_on_threads_to_the_same_valid_bytes(monkeypatch, depth):
+    """The encoder compresses strips on threads: many strips, any thread count, one byte stream,
+    whose zlib checksum zlib itself verifies and whose pixels PIL and our decoder read back."""
+    import zlib
+
+    from superres.io import images as images_mod
+    rng = np.random.default_rng(3)
+    px = rng.integers(0, np.iinfo(depth).max, (61, 37, 3), dtype=depth)
+    alpha = rng.integers(0, np.iinfo(depth).max, (61, 37), dtype=depth)
+    img = ImageData(px, alpha=alpha)
+    monkeypatch.setattr(images_mod, "_PNG_STRIP_BYTES", 37 * 8 * 7)   # 7 (or 3) rows a strip
+    outputs = {}
+    for threads in (1, 2, 5):
+        monkeypatch.setattr(images_mod, "_png_threads", lambda strips, n=threads: n)
+        outputs[threads] = encode_image(img, "png")
+    assert outputs[1] == outputs[2] == outputs[5]
+    data = outputs[1]
+    idat = b"".join(body for kind, body in images_mod._png_chunks(data, "t") if kind == b"IDAT")
+    rows = zlib.decompress(idat)           # raises on a bad Adler-32 or a broken deflate stream
+    assert len(rows) == 61 * (1 + 37 * 4 * np.dtype(depth).itemsize)
+    back = decode_image(data)
+    np.testing.assert_array_equal(back.pixels, px)
+    np.testing.assert_array_equal(back.alpha, alpha)
+    if depth == np.uint8:
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), np.dstack([px, alpha]))

@@ -562,7 +562,7 @@ def test_png_strips_encode_on_threads_to_the_same_valid_bytes(monkeypatch, depth
     for threads in (1, 2, 5):
         monkeypatch.setattr(images_mod, "_png_threads", lambda strips, n=threads: n)
         outputs[threads] = encode_image(img, "png")
-    assert outputs[1] == outputs[2] == outputs[5]
+    assert outputs[1] == outputs[2] == outputs[5] == encode_image(img, "png", threads=3)
     data = outputs[1]
     idat = b"".join(body for kind, body in images_mod._png_chunks(data, "t") if kind == b"IDAT")
     rows = zlib.decompress(idat)           # raises on a bad Adler-32 or a broken deflate stream

@@ -607,8 +607,13 @@ def _tiff16_planes(data: bytes, im: Image.Image, img: ImageData) -> ImageData:
 # writing
 
 def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None = None,
-                quality: int = DEFAULT_QUALITY, png_level: int = DEFAULT_PNG_LEVEL) -> None:
+                quality: int = DEFAULT_QUALITY, png_level: int = DEFAULT_PNG_LEVEL,
+                threads: int | None = None) -> None:
     """Write atomically (temp file + rename): an interrupted write leaves no partial file.
+
+    threads: how many threads the PNG writer may compress on (None: one per core). A caller that
+    encodes while a model computes passes 1: a second encoder thread would only take a core from
+    the model's threads, which wait for each other at every layer. The bytes do not depend on it.
 
     Raises ImageError for what cannot be encoded and OSError (whose filename is `path`, never the temp
     file) for what cannot be written.
@@ -617,21 +622,22 @@ def write_image(path: str | os.PathLike, img: ImageData, *, format: str | None =
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            _encode(f, img, fmt, quality, png_level)
+            _encode(f, img, fmt, quality, png_level, threads)
 
     # parents=False: a missing output folder is the caller's mistake to report, not to paper over
     atomic_write_with(path, write, parents=False)
 
 
 def encode_image(img: ImageData, format: str, *, quality: int = DEFAULT_QUALITY,
-                 png_level: int = DEFAULT_PNG_LEVEL) -> bytes:
-    """The bytes of an image file in `format` ("png", "jpg", ...)."""
+                 png_level: int = DEFAULT_PNG_LEVEL, threads: int | None = None) -> bytes:
+    """The bytes of an image file in `format` ("png", "jpg", ...); threads as in write_image."""
     buf = io.BytesIO()
-    _encode(buf, img, normalize_format(format), quality, png_level)
+    _encode(buf, img, normalize_format(format), quality, png_level, threads)
     return buf.getvalue()
 
 
-def _encode(f: BinaryIO, img: ImageData, fmt: str, quality: int, png_level: int = DEFAULT_PNG_LEVEL) -> None:
+def _encode(f: BinaryIO, img: ImageData, fmt: str, quality: int, png_level: int = DEFAULT_PNG_LEVEL,
+            threads: int | None = None) -> None:
     if not 1 <= quality <= 100:
         raise ImageError(f"quality={quality}; allowed values: 1..100")
     if not 0 <= png_level <= 9:
@@ -643,7 +649,7 @@ def _encode(f: BinaryIO, img: ImageData, fmt: str, quality: int, png_level: int 
     if img.icc_profile and icc is None:
         log.debug("ICC profile dropped: its colour space does not match the %s output", fmt)
     if fmt == "PNG":
-        _write_png(f, img, icc, level=png_level)
+        _write_png(f, img, icc, level=png_level, threads=threads)
     elif fmt == "TIFF":
         _write_tiff(f, img, icc)
     else:
@@ -754,7 +760,7 @@ def _png_filter(raw: np.ndarray, prev: np.ndarray, bpp: int, kind: int) -> np.nd
 
 
 def _write_png(f: BinaryIO, img: ImageData, icc: bytes | None, *, filter_kind: int = 4,
-               level: int = DEFAULT_PNG_LEVEL) -> None:
+               level: int = DEFAULT_PNG_LEVEL, threads: int | None = None) -> None:
     depth = 8 if img.bit_depth == 8 else 16
     dtype = np.uint8 if depth == 8 else np.dtype(">u2")
     channels = img.channels + (img.alpha is not None)
@@ -789,7 +795,7 @@ def _write_png(f: BinaryIO, img: ImageData, icc: bytes | None, *, filter_kind: i
     # Adler-32 of every filtered byte. Strip boundaries depend only on the image's width and depth,
     # so the file's bytes are the same for any number of threads.
     pending, size, adler = [b"\x78\x01"], 2, 1
-    threads = _png_threads(len(starts))
+    threads = _png_threads(len(starts)) if threads is None else max(1, min(threads, len(starts)))
     with ThreadPoolExecutor(threads, thread_name_prefix="png") as pool:
         window: deque = deque()
         for i, y0 in enumerate(starts):

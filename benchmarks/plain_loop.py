@@ -18,12 +18,12 @@ import time
 
 t_start = time.perf_counter()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from superres.inference.models import resolve_model_path  # noqa: E402
-from superres.inference.weights import load_generator  # noqa: E402
+from superres.inference.models import resolve_model_path
+from superres.inference.weights import load_generator
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ pay for the trainer's imports, and `superres --help` / `--version` import none o
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
@@ -120,5 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     return int(getattr(_module_for(args.command), f"run_{args.command}")(args) or 0)
 
 
+def run() -> None:
+    """The `superres` command: main(), then exit without the interpreter's last garbage collections.
+
+    At exit Python collects every generation again while it tears the modules down; with torch
+    loaded that is hundreds of thousands of objects, 0.3-0.5 s of every command's wall time on a
+    2-core VM (a 1280x800 photo: exit 0.54-0.84 s, 0.27-0.32 s with this). gc.freeze() moves the
+    live objects out of the collector's reach first. Objects are still released by reference count
+    and atexit handlers still run (Ray's shutdown among them); only the __del__ of objects held in
+    reference cycles is skipped, which Python does not promise at exit anyway, and our files are
+    written and closed (atomically) before main() returns. Not in main() itself: tests call it in
+    one process many times.
+    """
+    rc = main()
+    gc.freeze()
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

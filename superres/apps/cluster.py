@@ -77,11 +77,15 @@ class UpscaleWorker:
         self.opts = FileJobOptions(**args)
         self.fmt = fmt
         self.input_paths = {Path(p) for p in input_paths}
+        # the PNG writer's threads: as many as the model's, since the other workers on this
+        # machine are computing on the other cores
+        self.encode_threads = threads or torch.get_num_threads()
 
     def run(self, src: str, dst: str) -> dict[str, Any]:
         from .filejob import upscale_file
 
-        entry = upscale_file(self.up, Path(src), Path(dst), self.opts, self.fmt, self.input_paths)
+        entry = upscale_file(self.up, Path(src), Path(dst), self.opts, self.fmt, self.input_paths,
+                             self.encode_threads)
         entry["worker"] = f"{os.uname().nodename}:{os.getpid()}"
         return entry
 

@@ -260,17 +260,19 @@ def _finish_job(job: _FileJob) -> dict[str, Any]:
 
 
 def upscale_file(up: "Upscaler", src: Path, dst: Path, args: FileJobOptions, fmt: str | None,
-                 input_paths: set[Path] | frozenset = frozenset()) -> dict[str, Any]:
+                 input_paths: set[Path] | frozenset = frozenset(),
+                 encode_threads: int | None = None) -> dict[str, Any]:
     """One input file -> one output file, with every check of `superres upscale`; the report entry
     ({"input", "output", "status": ok|skipped|error, ...}). Errors of this file are returned, not
     raised, so a batch goes on; Ctrl-C and SIGTERM are raised. The Ray workers (superres.cluster)
     call this; the local loop (`upscale_files`) runs the same stages overlapped, so both behave the
-    same file by file."""
+    same file by file. encode_threads: threads of the PNG writer (None: one per core); a Ray
+    worker that shares the machine with other workers passes its own thread count."""
     job = _read_stage(_FileJob.of(src, dst), up, args, input_paths)
     if job.img is not None:
         _compute_stage(job, up, args)
     if job.result is not None:
-        _write_stage(job, args, fmt)
+        _write_stage(job, args, fmt, encode_threads)
     return _finish_job(job)
 
 

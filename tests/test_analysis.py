@@ -12,7 +12,7 @@ from PIL import Image
 
 from superres.apps.cli import main
 from superres.inference.analysis import (analyze_file, analyze_image, blockiness, detail, estimate_noise,
-                                         ijg_luminance_table, jpeg_quality_from_tables, luma)
+                                         ijg_luminance_table, jpeg_history, jpeg_quality_from_tables, luma)
 
 
 def _smooth(h: int = 256, w: int = 256) -> np.ndarray:
@@ -109,8 +109,49 @@ def test_png_from_a_low_quality_jpeg_is_blocky(tmp_path):
     blocky, clean = analyze_file(tmp_path / "from_jpeg.png"), analyze_file(tmp_path / "clean.png")
     assert blocky["blockiness"] > 1.2
     assert clean["blockiness"] < 1.1
-    assert blocky["jpeg_quality"] is None and blocky["jpeg_source"] is None
+    # the PNG's pixels still carry the JPEG's quantizers
+    assert blocky["jpeg_history"] is True and blocky["jpeg_source"] == "8x8 DCT coefficients"
+    assert clean["jpeg_history"] is False and clean["jpeg_quality"] is None
     assert blockiness(np.full((32, 32), 100.0, np.float32)) == 1.0   # a flat image has no grid
+
+
+def _textured(seed: int = 3, h: int = 256, w: int = 320) -> np.ndarray:
+    """An RGB image with texture at every frequency (blurred noise, edges, grain): many non-zero
+    DCT coefficients in every 8x8 block, as in a photo."""
+    rng = np.random.default_rng(seed)
+    base = np.stack([_blur(rng.normal(0, 1, (h, w)), 1.5) for _ in range(3)], axis=2) * 240 + 128
+    return _u8(base + rng.normal(0, 6, (h, w, 3)) + _natural(h, w)[..., None] - 128)
+
+
+@pytest.mark.parametrize("quality", [25, 50, 75, 90])
+def test_jpeg_quality_read_back_from_the_decoded_pixels(quality):
+    px = _textured()
+    decoded = np.asarray(Image.open(io.BytesIO(_jpeg_bytes(px, quality))).convert("RGB"))
+    history, q = jpeg_history(luma(decoded))
+    assert history is True
+    assert abs(q - quality) <= 4
+    # cropped off the 8x8 grid after decoding: the grid is found from the block steps
+    if quality <= 50:
+        assert jpeg_history(luma(decoded[3:, 5:]))[0] is True
+
+
+def test_never_compressed_pixels_have_no_jpeg_history():
+    assert jpeg_history(luma(_textured(seed=4))) == (False, None)
+    # a quality-100 JPEG (quantizers of 1) leaves no trace in the pixels, only in the file
+    assert jpeg_history(luma(np.asarray(Image.open(io.BytesIO(_jpeg_bytes(_textured(), 100)))
+                                        .convert("RGB")))) == (False, None)
+    # too flat or too small to tell
+    assert jpeg_history(np.full((64, 64), 128.0, np.float32)) == (None, None)
+    assert jpeg_history(np.zeros((12, 40), np.float32)) == (None, None)
+
+
+def test_jpeg_history_reads_the_pixels_and_the_quality_the_tables(tmp_path):
+    # the same answer for a JPEG file as for the PNG decoded from it (what --strength auto needs)
+    for q, history in ((60, True), (100, False)):
+        (tmp_path / f"q{q}.jpg").write_bytes(_jpeg_bytes(_textured(), q))
+        a = analyze_file(tmp_path / f"q{q}.jpg")
+        assert a["jpeg_history"] is history
+        assert a["jpeg_quality"] == q and a["jpeg_source"] == "quantization tables"
 
 
 def test_blur_lowers_detail():
@@ -162,9 +203,12 @@ def test_cli_good_input_exits_0_and_writes_json(tmp_path, capsys):
     assert len(lines) == 2 and lines[0].startswith(f"{jpg}: 160x128") and "jpeg_quality=85" in lines[0]
     data = json.loads(out_json.read_text())
     assert [d["file"] for d in data] == [str(jpg), str(png)]
-    keys = {"file", "width", "height", "noise_sigma", "jpeg_quality", "jpeg_source", "blockiness", "detail"}
+    keys = {"file", "width", "height", "noise_sigma", "jpeg_history", "jpeg_quality", "jpeg_source",
+            "blockiness", "detail"}
     assert all(set(d) == keys for d in data)
     assert data[0]["jpeg_quality"] == 85 and data[0]["jpeg_source"] == "quantization tables"
     assert data[1]["jpeg_quality"] is None and data[1]["jpeg_source"] is None
+    assert data[0]["jpeg_history"] is True and data[1]["jpeg_history"] is False
+    assert "no JPEG history" in lines[1]
     assert (data[1]["width"], data[1]["height"]) == (160, 128)
     assert abs(data[1]["noise_sigma"] - 5) <= 1.0

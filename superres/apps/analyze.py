@@ -27,7 +27,8 @@ def _fmt(v, spec: str) -> str:
 
 def _line(r: dict) -> str:
     q = r["jpeg_quality"]
-    jpeg = f"jpeg_quality={q} ({r['jpeg_source']})" if q is not None else "jpeg_quality=-"
+    history = {True: "JPEG history", False: "no JPEG history", None: "JPEG history unknown"}[r.get("jpeg_history")]
+    jpeg = f"jpeg_quality={q} ({r['jpeg_source']})" if q is not None else f"jpeg_quality=- ({history})"
     return (f"{r['file']}: {r['width']}x{r['height']}  noise_sigma={_fmt(r['noise_sigma'], '.2f')}  "
             f"detail={_fmt(r['detail'], '.2f')}  blockiness={r['blockiness']:.3f}  {jpeg}")
 

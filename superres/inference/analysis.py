@@ -8,9 +8,18 @@ Pillow only (no torch), so `superres analyze` is fast and cheap to import.
     as noise.
   * jpeg_quality: for a JPEG file, the IJG quality (1..100) whose scaled Annex K luminance table is
     closest to the file's own table.
+  * jpeg_history: whether the pixels were ever JPEG-compressed on an 8x8 grid, read from the pixels
+    alone (so a PNG decoded from a JPEG counts): JPEG stores each block's DCT coefficients as
+    multiples of a quantizer, and after decoding they still sit near those multiples (within the
+    +-0.5 rounding of the pixels), where the coefficients of a never-compressed image spread evenly.
+    For each of the 15 lowest AC frequencies the largest step whose multiples the coefficients
+    cluster on is found; most frequencies with a step means True, and the steps against the IJG
+    tables give the quality (jpeg_quality, jpeg_source "8x8 DCT coefficients"). None when the image
+    is too small or too flat to tell. A JPEG shrunk or resized after decoding loses the grid, and a
+    JPEG saved at quality 95 and up (quantizers of 1 and 2) can pass for clean.
   * blockiness: the mean luma step across 8x8 block boundaries over the mean step elsewhere (1.0 =
-    no block grid), which shows JPEG history in a file that is no longer a JPEG (e.g. a PNG decoded
-    from one). The grid is taken as aligned with the image's top-left corner.
+    no block grid), a second sign of JPEG history (it also sees heavy blocking after mild filtering).
+    The grid is taken as aligned with the image's top-left corner.
   * detail: the standard deviation of the luma's Laplacian, in levels; lower means blurrier.
 """
 from __future__ import annotations
@@ -25,7 +34,7 @@ from PIL import Image
 from ..io.images import read_image
 
 __all__ = ["analyze_image", "analyze_file", "describe", "luma", "estimate_noise", "jpeg_quality_from_tables",
-           "ijg_luminance_table", "blockiness", "detail", "IJG_LUMINANCE"]
+           "ijg_luminance_table", "blockiness", "detail", "IJG_LUMINANCE", "jpeg_grid_steps", "jpeg_history"]
 
 # JPEG spec Annex K.1, table K.1 (luminance), in natural (row-major) order
 IJG_LUMINANCE = np.array([
@@ -137,6 +146,119 @@ def jpeg_quality_from_tables(tables) -> int | None:
     return int(np.argmin(dist)) + 1
 
 
+def _dct_matrix(n: int = 8) -> np.ndarray:
+    """The orthonormal DCT-II matrix; JPEG's 8x8 forward DCT is exactly this transform on rows and columns."""
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d
+
+
+_DCT8 = _dct_matrix()
+# the 15 lowest AC frequencies (zigzag positions 1..15), as indices into a row-major 8x8 block: they
+# have the smallest quantizers and the most non-zero coefficients, so their steps show first
+_ZIGZAG = sorted(((i, j) for i in range(8) for j in range(8)),
+                 key=lambda p: (p[0] + p[1], p[1] if (p[0] + p[1]) % 2 else p[0]))
+JPEG_FREQS = tuple(i * 8 + j for i, j in _ZIGZAG[1:16])
+_MAX_STEP = 64            # quantizers above this (quality < ~15 at these frequencies) are not looked for
+_MIN_COEFFS = 40          # non-zero multiples a step needs before its clustering counts
+_CLUSTER = 0.5            # mean cos(2 pi c / step) above this: the coefficients sit on the step's multiples
+_MAX_BLOCKS = 4096        # blocks examined (spread evenly over the image); enough for a stable answer
+_PHASE_CONTRAST = 1.05    # a shifted grid is tried when its boundary steps beat the others' mean by this
+
+
+def _block_coefficients(y: np.ndarray, oy: int = 0, ox: int = 0) -> np.ndarray:
+    """(N, 64) DCT coefficients of the 8x8 blocks of `y` on the grid starting at (oy, ox)."""
+    y = y[oy:, ox:]
+    h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
+    if h == 0 or w == 0:
+        return np.zeros((0, 64))
+    blocks = y[:h, :w].reshape(h // 8, 8, w // 8, 8).swapaxes(1, 2).reshape(-1, 8, 8)
+    if len(blocks) > _MAX_BLOCKS:
+        blocks = blocks[np.linspace(0, len(blocks) - 1, _MAX_BLOCKS).astype(np.int64)]
+    return np.einsum("ij,njk,lk->nil", _DCT8, blocks.astype(np.float64), _DCT8).reshape(-1, 64)
+
+
+def jpeg_grid_steps(y: np.ndarray, oy: int = 0, ox: int = 0, *, coeffs: np.ndarray | None = None
+                    ) -> list[int | None]:
+    """For each of JPEG_FREQS: the largest quantizer step (2.._MAX_STEP) whose multiples the block
+    DCT coefficients of luma `y` cluster on (None: no step, or too few non-zero coefficients).
+    `coeffs`: the blocks' coefficients when already taken (_block_coefficients(y, oy, ox)).
+
+    A quantized coefficient is n * step + e, e the small error the decoder's rounding adds, so
+    cos(2 pi c / step) is near 1 for it; also for every divisor of the step, never for a larger
+    one, so the search runs from large steps down. Coefficients under step / 2 (quantized to 0, or
+    too small to say) are left out."""
+    if coeffs is None:
+        coeffs = _block_coefficients(y, oy, ox)
+    out: list[int | None] = []
+    for k in JPEG_FREQS:
+        c = coeffs[:, k]
+        mag = np.abs(c)
+        found = None
+        for step in range(_MAX_STEP, 1, -1):
+            sel = c[mag > step / 2]
+            if sel.size < _MIN_COEFFS:
+                continue
+            if float(np.cos(sel * (2 * np.pi / step)).mean()) > _CLUSTER:
+                found = step
+                break
+        out.append(found)
+    return out
+
+
+def _grid_phase(y: np.ndarray) -> tuple[int, int]:
+    """(row, column) offset of the 8x8 grid whose boundaries carry the largest luma steps; 0 on an
+    axis where no phase stands out."""
+    phases = []
+    for d in (np.abs(np.diff(y, axis=0)).mean(axis=1), np.abs(np.diff(y, axis=1)).mean(axis=0)):
+        n = (d.size // 8) * 8
+        # d[j] is the step between j and j+1: a grid starting at offset o has boundaries at j = o - 1 (mod 8)
+        per = d[:n].reshape(-1, 8).mean(axis=0) if n else np.zeros(8)
+        top = int(np.argmax(per))
+        rest = (per.sum() - per[top]) / 7
+        phases.append((top + 1) % 8 if rest > 0 and per[top] > _PHASE_CONTRAST * rest else 0)
+    return phases[0], phases[1]
+
+
+def jpeg_history(y: np.ndarray) -> tuple[bool | None, int | None]:
+    """(whether luma `y` was JPEG-compressed, the IJG quality its quantizers match or None).
+
+    Tries the grid aligned with the top-left corner (JPEGs decoded and saved as they are) and the
+    one the 8x8 luma steps point to (an image cropped after decoding); the first with a step at
+    half or more of the frequencies that have enough non-zero coefficients wins. (None, None) when
+    fewer than 5 frequencies have enough of them."""
+    h, w = y.shape
+    if h < 16 or w < 16:
+        return None, None
+    offsets = [(0, 0)]
+    phase = _grid_phase(y)
+    if phase != (0, 0):
+        offsets.append(phase)
+    best: list[int | None] | None = None
+    readable = 0
+    for oy, ox in offsets:
+        coeffs = _block_coefficients(y, oy, ox)
+        # a frequency can show a step only if enough of its coefficients are not (near) zero
+        testable = int((np.count_nonzero(np.abs(coeffs[:, list(JPEG_FREQS)]) > 1.0, axis=0)
+                        >= _MIN_COEFFS).sum()) if coeffs.size else 0
+        readable = max(readable, testable)
+        if testable < 5:
+            continue
+        steps = jpeg_grid_steps(y, oy, ox, coeffs=coeffs)
+        if sum(s is not None for s in steps) * 2 >= testable:
+            best = steps
+            break
+    if best is None:
+        return (False if readable >= 5 else None), None
+    idx = [i for i, s in enumerate(best) if s is not None]
+    found = np.log(np.array([best[i] for i in idx], dtype=np.float64))
+    tables = np.log(_IJG_TABLES[:, [JPEG_FREQS[i] for i in idx]].astype(np.float64))
+    quality = int(np.argmin(np.abs(tables - found).sum(axis=1))) + 1
+    return True, quality
+
+
 def blockiness(y: np.ndarray, block: int = 8) -> float:
     """Mean |luma step| across `block`-aligned boundaries over the mean step elsewhere (1.0 = none)."""
     h, w = y.shape
@@ -176,13 +298,20 @@ def analyze_image(pixels: np.ndarray, *, jpeg_tables=None) -> dict:
     y = luma(pixels)
     h, w = y.shape
     q = jpeg_quality_from_tables(jpeg_tables)
+    history, grid_quality = jpeg_history(y)
+    source = "quantization tables" if q is not None else None
+    if q is None and grid_quality is not None:
+        q, source = grid_quality, "8x8 DCT coefficients"
     noise = estimate_noise(y)
     det = detail(y)
     return {
         "width": int(w), "height": int(h),
         "noise_sigma": None if noise is None else round(noise, 3),
+        # from the pixels alone, as the strength rule reads them: a JPEG file, the PNG decoded from
+        # it and `superres eval`'s LR get the same answer (quality 95+ can leave no trace)
+        "jpeg_history": history,
         "jpeg_quality": q,
-        "jpeg_source": "quantization tables" if q is not None else None,
+        "jpeg_source": source,
         "blockiness": round(blockiness(y), 4),
         "detail": None if det is None else round(det, 3),
     }
@@ -204,17 +333,21 @@ def analyze_file(path: str | os.PathLike) -> dict:
     return out
 
 
-def describe(analysis: dict, strength: float | None = None) -> str:
-    """One short line of an analysis (and the strength chosen from it), for logs and the web page."""
+def describe(analysis: dict, strength: float | None = None, end: str | None = None) -> str:
+    """One short line of an analysis (and the strength and blend end chosen from it), for logs and
+    the web page."""
     parts = []
     if analysis.get("noise_sigma") is not None:
         parts.append(f"noise {analysis['noise_sigma']:.1f}")
     if analysis.get("jpeg_quality") is not None:
-        parts.append(f"JPEG quality {analysis['jpeg_quality']}")
+        approx = "~" if analysis.get("jpeg_source") == "8x8 DCT coefficients" else ""
+        parts.append(f"JPEG quality {approx}{analysis['jpeg_quality']}")
+    elif analysis.get("jpeg_history") is False:
+        parts.append("no JPEG history")
     if analysis.get("blockiness") is not None:
         parts.append(f"blockiness {analysis['blockiness']:.2f}")
     if analysis.get("detail") is not None:
         parts.append(f"detail {analysis['detail']:.0f}")
     if strength is not None:
-        parts.append(f"strength {strength:g}")
+        parts.append(f"strength {strength:g}" + (f" from the {end} end" if end == "clean" else ""))
     return ", ".join(parts) or "no analysis"

@@ -57,11 +57,12 @@ def main() -> None:
     box = (left, top, left + w, top + h)
     sheet_rows = []
     for name, lr in rows:
-        s = default.choose_strength(lr)
+        s, end = default.choose_blend(lr)
         panels = [
             (f"{name} input", Image.fromarray(lr).resize((lr.shape[1] * SCALE, lr.shape[0] * SCALE), Image.NEAREST)),
             ("bicubic", Image.fromarray(lr).resize((lr.shape[1] * SCALE, lr.shape[0] * SCALE), Image.BICUBIC)),
-            (f"default (strength {s:g})", Image.fromarray(default.upscale_pixels(lr, strength=s))),
+            (f"default (strength {s:g}{', clean end' if end == 'clean' else ''})",
+             Image.fromarray(default.upscale_pixels(lr, strength=s, end=end))),
             (a.peer_label, Image.fromarray(peer.upscale_pixels(lr))),
         ]
         if name == "clean":

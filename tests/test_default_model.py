@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 SET5 = REPO.parent / "shared" / "data" / "benchmarks" / "Set5"
 needs_family = pytest.mark.skipif(not MODELS["photo-x4"].available,
                                   reason="photo-x4-light / realnet-x4 weights are not in superres/pretrained")
+needs_clean_end = pytest.mark.skipif(not (MODELS["photo-x4"].available and MODELS["photo-x4-clean"].available),
+                                     reason="photo-x4-clean weights are not in superres/pretrained")
 needs_set5 = pytest.mark.skipif(not SET5.is_dir(), reason=f"Set5 not found at {SET5} (only the project's CI has it)")
 
 
@@ -119,6 +121,53 @@ def test_upscale_reports_and_logs_the_analysis_and_the_strength(tmp_path, caplog
     assert json.loads(report.read_text())[0]["strength"] == 0.7
 
 
+def _jpeg_decoded(pixels: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+@needs_clean_end
+def test_inputs_with_no_jpeg_history_start_from_the_clean_end():
+    up = Upscaler.from_pretrained("photo-x4", precision="fp32", tile=0)
+    assert up.has_clean_end and up.info["clean"] == "photo-x4-clean"
+    clean = _photo(7, 96)
+    jpeg = _jpeg_decoded(clean, 70)
+    strength, end = up.choose_blend(clean)
+    assert end == "clean" and up.choose_blend(jpeg)[1] == "light"
+    # no JPEG grid but blurred: something for the heavy end to remove, so the light end's blend
+    blurred = np.clip(gaussian_filter(clean.astype(float), (2.5, 2.5, 0)), 0, 255).astype(np.uint8)
+    blur_strength, blur_end = up.choose_blend(blurred)
+    assert analyze_for_strength(blurred)["jpeg_history"] is False
+    assert blur_strength > 0 and blur_end == "light"
+    auto = up.upscale_pixels(clean)
+    assert np.array_equal(auto, up.upscale_pixels(clean, strength=strength, end="clean"))
+    # a strength given without an end (--denoise, the page's slider) blends from the light end
+    assert not np.array_equal(auto, up.upscale_pixels(clean, strength=strength))
+    # at strength 0 the clean end is the photo-x4-clean model itself
+    alone = Upscaler.from_pretrained("photo-x4-clean", precision="fp32", tile=0)
+    assert np.array_equal(alone.upscale_pixels(clean), up.upscale_pixels(clean, strength=0.0, end="clean"))
+    with pytest.raises(ValueError, match="allowed values: light, clean"):
+        up.upscale_pixels(clean, strength=0.0, end="heavy")
+
+
+@needs_clean_end
+def test_upscale_reports_and_logs_which_end_it_started_from(tmp_path, caplog):
+    clean = _photo(8, 96)
+    Image.fromarray(clean).save(tmp_path / "clean.png")
+    Image.fromarray(_jpeg_decoded(clean, 60)).save(tmp_path / "from_jpeg.png")
+    report = tmp_path / "report.json"
+    caplog.set_level(logging.INFO)
+    assert main(["upscale", str(tmp_path / "clean.png"), str(tmp_path / "from_jpeg.png"), "-o", str(tmp_path / "out"),
+                 "--report", str(report), "--no-progress", "--precision", "fp32"]) == 0
+    entries = {Path(e["input"]).name: e for e in json.loads(report.read_text())}
+    assert entries["clean.png"]["end"] == "clean" and entries["clean.png"]["analysis"]["jpeg_history"] is False
+    assert entries["from_jpeg.png"]["end"] == "light" and entries["from_jpeg.png"]["analysis"]["jpeg_history"] is True
+    lines = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
+    assert any("clean.png" in m and "from the clean end" in m and "no JPEG history" in m for m in lines)
+    assert any("from_jpeg.png" in m and "JPEG quality ~" in m and "clean end" not in m for m in lines)
+
+
 def test_denoise_is_refused_for_a_model_that_is_not_a_family(tmp_path, caplog):
     src = tmp_path / "in.png"
     Image.fromarray(_photo(4, 16)).save(src)
@@ -188,3 +237,10 @@ def test_serve_picks_the_strength_per_image_and_says_which(tmp_path):
             import time
             time.sleep(0.05)
         assert job["state"] == "done" and job["strength"] == auto and job["analysis"]["jpeg_quality"] == 50
+        if MODELS["photo-x4-clean"].available:   # the end it started from, in the header and the job
+            assert r.headers["x-superres-end"] == "light" and job["end"] == "light"
+            png = io.BytesIO()
+            Image.fromarray(_photo(6, 96)).save(png, format="PNG")
+            r = client.post("/v1/upscale", files={"file": ("x.png", png.getvalue())})
+            assert r.status_code == 200 and r.headers["x-superres-end"] == "clean"
+            assert "from the clean end" not in r.headers["x-superres-analysis"]

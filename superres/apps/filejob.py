@@ -218,17 +218,20 @@ def _compute_stage(job: _FileJob, up: "Upscaler", args: FileJobOptions) -> None:
 
     img, job.img = job.img, None
     with _FileErrors(job):
-        strength = up.choose_strength(measures=job.entry.get("analysis") or None) if up.adaptive \
-            else up.choose_strength()
+        measures = job.entry.get("analysis") or None
+        strength = up.choose_strength(measures=measures) if up.adaptive else up.choose_strength()
+        end = up.choose_end(measures=measures) if up.has_clean_end else None
         if strength is not None:
             job.entry["strength"] = strength
+        if end is not None:
+            job.entry["end"] = end
         tiles = tqdm(total=up.count_tiles(img.height, img.width) * (2 if img.alpha is not None
                                                                     and args.alpha == "model" else 1),
                      desc=job.src.name, unit="tile", leave=False, file=sys.stderr,
                      disable=args.no_progress)
         with tiles:
             job.result = up.upscale_image(img, outscale=args.outscale, width=args.width,
-                                          height=args.height, alpha=args.alpha, strength=strength,
+                                          height=args.height, alpha=args.alpha, strength=strength, end=end,
                                           on_tile=lambda done, total: tiles.update(1))
 
 
@@ -245,7 +248,7 @@ def _write_stage(job: _FileJob, args: FileJobOptions, fmt: str | None,
             raise ImageError(f"{job.src}: could not write the output {e.filename or job.dst} "
                              f"({e.strerror or e})") from None
         job.entry.update(status="ok", output_size=[result.width, result.height])
-        line = describe_analysis(job.entry.get("analysis") or {}, job.entry.get("strength"))
+        line = describe_analysis(job.entry.get("analysis") or {}, job.entry.get("strength"), job.entry.get("end"))
         job.note = (logging.INFO, "%s -> %s (%s)", (job.src, job.dst, line), None)
     return job
 

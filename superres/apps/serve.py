@@ -203,6 +203,7 @@ class Job:
     size: tuple[int, int] | None = None
     analysis: dict[str, Any] | None = None   # the input's noise, JPEG quality, detail (analysis.py)
     used_strength: float | None = None       # the blend it ran at (chosen per image, or asked for)
+    used_end: str | None = None              # the end it started from: light, or clean (no JPEG history)
     created: float = field(default_factory=time.monotonic)
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -212,7 +213,7 @@ class Job:
         return {"id": self.id, "state": self.state, "progress": round(self.progress, 4), "error": self.error,
                 "model": self.model, "filename": self.filename,
                 "width": self.size[0] if self.size else None, "height": self.size[1] if self.size else None,
-                "analysis": self.analysis, "strength": self.used_strength}
+                "analysis": self.analysis, "strength": self.used_strength, "end": self.used_end}
 
 
 class Service:
@@ -384,6 +385,9 @@ class Service:
         if getattr(up, "adaptive", False):
             job.used_strength = job.strength if job.strength is not None \
                 else up.choose_strength(measures=job.analysis)
+            # an asked-for strength blends the light and heavy ends, as `--denoise` does
+            if up.has_clean_end:
+                job.used_end = "light" if job.strength is not None else up.choose_end(measures=job.analysis)
         else:
             job.used_strength = up.choose_strength()
         total = max(1, up.count_tiles(img.height, img.width))
@@ -393,7 +397,8 @@ class Service:
             if job.cancel.is_set():
                 raise JobCancelled()
 
-        out = up.upscale_image(img, outscale=job.outscale, on_tile=on_tile, strength=job.used_strength)
+        out = up.upscale_image(img, outscale=job.outscale, on_tile=on_tile, strength=job.used_strength,
+                               end=job.used_end)
         if job.cancel.is_set():
             raise JobCancelled()
         fmt = job.format or _PIL_TO_FORMAT.get(img.format or "", "png")
@@ -448,6 +453,8 @@ def result_headers(job: Job) -> dict[str, str]:
         headers["X-Superres-Analysis"] = describe(job.analysis)
     if job.used_strength is not None:
         headers["X-Superres-Strength"] = f"{job.used_strength:g}"
+    if job.used_end is not None:
+        headers["X-Superres-End"] = job.used_end
     return headers
 
 

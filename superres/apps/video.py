@@ -293,7 +293,8 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, up: Any, opts:
         frames = upscaled = 0
         pending: list[Any] = []   # decoded frames waiting for a batch; never across a segment end
         # an adaptive model (photo-x4) picks one blend for the whole video, from its first frame,
-        # so the look does not jump between batches (and a resumed run picks the same)
+        # so the look does not jump between batches (and a resumed run picks the same); always from
+        # the light end: video codecs leave no 8x8 JPEG grid, so "no JPEG history" says nothing here
         strength: float | None = None
 
         def flush() -> None:

@@ -7,6 +7,11 @@ damage, and some fine detail with them). `auto_strength` maps an input's noise, 
 detail (analysis.py) to a strength. It reads only the pixels, never the file's JPEG tables, so an
 image scores the same as a JPEG, as the PNG decoded from it, and in `superres eval`.
 
+A family may also have a clean end (models.ModelEntry.clean, fine-tuned from the light end): an
+input whose pixels show no JPEG history (analysis.jpeg_history: never compressed, e.g. a render, a
+scan, a clean downscale) starts its blend from the clean end instead of the light one. A given
+strength (`--denoise`, the web page's slider) blends the light and heavy ends, as before.
+
 The rule is a clipped linear function of three measures whose constants were fitted by
 `benchmarks/fit_strength_rule.py` to maximize the mean PSNR over a sweep of validation images
 (Set5, Set14 and the training folders' holdouts, never a test set) under eleven kinds of
@@ -20,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import blockiness, detail, estimate_noise, luma
+from .analysis import blockiness, detail, estimate_noise, jpeg_history, luma
 
 __all__ = ["StrengthRule", "AUTO_RULE", "auto_strength", "analyze_for_strength", "STRENGTH_STEP"]
 
@@ -51,11 +56,13 @@ AUTO_RULE = StrengthRule(bias=1.9375, noise_w=-0.1034, block_w=0.0002, detail_w=
 
 
 def analyze_for_strength(pixels: np.ndarray) -> dict[str, Any]:
-    """The pixel measures `--strength auto` reads (noise_sigma, blockiness, detail), as in analysis.py."""
+    """The pixel measures `--strength auto` reads (noise_sigma, blockiness, detail, and jpeg_history
+    for the clean end), as in analysis.py."""
     y = luma(pixels)
     noise = estimate_noise(y)
     det = detail(y)
     return {"noise_sigma": None if noise is None else round(noise, 3),
+            "jpeg_history": jpeg_history(y)[0],
             "blockiness": round(blockiness(y), 4),
             "detail": None if det is None else round(det, 3)}
 

@@ -24,6 +24,12 @@ class ModelEntry:
     # A blend family: the model at the other end of `--strength` (0 = this file, 1 = that model), with
     # the strength picked per image from the input analysis (inference/adaptive.py) unless given.
     heavy: str | None = None
+    # A blend family's clean end: the model that takes the light end's place, in `--strength auto`,
+    # for an input whose pixels show no JPEG history (analysis.jpeg_history), e.g. a PNG render, a
+    # scan or a photo downscaled from the camera's own output. Fine-tuned from the light end, so it
+    # blends with the heavy end as the light end does. Optional: without its file the family runs
+    # on its two ends.
+    clean: str | None = None
 
     @property
     def path(self) -> Path:
@@ -38,11 +44,16 @@ MODELS: dict[str, ModelEntry] = {
     "photo-x4": ModelEntry("photo-x4", "photo-x4-light.safetensors", 4,
                            "The default for photos: per image, a blend of photo-x4-light (clean and "
                            "lightly compressed inputs) and photo-x4-heavy (noisy, blurred, heavily "
-                           "compressed ones), chosen from the input's noise, JPEG blocking and detail.",
-                           inputs="real", heavy="photo-x4-heavy"),
+                           "compressed ones), chosen from the input's noise, JPEG blocking and detail; "
+                           "inputs with no JPEG history get photo-x4-clean in the light end's place.",
+                           inputs="real", heavy="photo-x4-heavy", clean="photo-x4-clean"),
     "photo-x4-light": ModelEntry("photo-x4-light", "photo-x4-light.safetensors", 4,
                                  "Compact net fine-tuned from realnet-x4 with L1 on clean, camera-like and "
                                  "a few heavily degraded inputs: the faithful end of photo-x4.", inputs="real"),
+    "photo-x4-clean": ModelEntry("photo-x4-clean", "photo-x4-clean.safetensors", 4,
+                                 "photo-x4-light fine-tuned with L1 on mostly clean (never compressed) inputs "
+                                 "and some camera-like ones: photo-x4's end for inputs with no JPEG history.",
+                                 inputs="real"),
     "photo-x4-heavy": ModelEntry("photo-x4-heavy", "photo-x4-heavy.safetensors", 4,
                                  "realnet-x4 fine-tuned toward the photo's low frequencies plus Real-ESRGAN "
                                  "x4plus's high frequencies on heavily degraded inputs (the teacher only made "

@@ -121,8 +121,11 @@ class Upscaler:
         self._limit_lock = threading.Lock()
         # A blend family picking its strength per image (`strength="auto"`): the two ends' weights
         # and the blends made so far, by strength (each a copy of the net), made under _blend_lock.
+        # The clean end (models.ModelEntry.clean), when the family has one, takes the light end's
+        # place for inputs with no JPEG history; blends are keyed by (end, strength).
         self._family: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
-        self._blends: dict[float, nn.Module] = {}
+        self._clean: dict[str, torch.Tensor] | None = None
+        self._blends: dict[tuple[str, float], nn.Module] = {}
         self._blend_lock = threading.Lock()
 
     def _pick_engine(self, engine: str, model: nn.Module) -> str:
@@ -146,14 +149,21 @@ class Upscaler:
         """Whether this Upscaler picks a blend per image (`--strength auto` of a blend family)."""
         return self._family is not None
 
-    def _set_family(self, light: dict[str, torch.Tensor], heavy: dict[str, torch.Tensor]) -> None:
+    @property
+    def has_clean_end(self) -> bool:
+        """Whether this adaptive Upscaler swaps in a clean end for inputs with no JPEG history."""
+        return self._family is not None and self._clean is not None
+
+    def _set_family(self, light: dict[str, torch.Tensor], heavy: dict[str, torch.Tensor],
+                    clean: dict[str, torch.Tensor] | None = None) -> None:
         if self.precision == "int8":
             raise runtime.RuntimeChoiceError(
                 f"{self.name} picks a blend of two models per image, and int8 runs one fixed model "
                 "(its ONNX file); for int8 pick one end by name (e.g. photo-x4-light or realnet-x4)")
         self._family = ({k: v.detach().cpu().clone() for k, v in light.items()},
                         {k: v.detach().cpu().clone() for k, v in heavy.items()})
-        self._blends[0.0] = self.model
+        self._clean = None if clean is None else {k: v.detach().cpu().clone() for k, v in clean.items()}
+        self._blends = {("light", 0.0): self.model}
 
     def choose_strength(self, pixels: np.ndarray | None = None, measures: dict[str, Any] | None = None
                         ) -> float | None:
@@ -168,20 +178,47 @@ class Upscaler:
             measures = analyze_for_strength(pixels)
         return auto_strength(measures)
 
-    def _model_at(self, strength: float | None) -> nn.Module:
-        """The net for a strength of the family (self.model when not adaptive)."""
+    def choose_end(self, pixels: np.ndarray | None = None, measures: dict[str, Any] | None = None) -> str:
+        """Which end the blend starts from: "clean" when the family has a clean end and the input
+        has no JPEG history (`measures["jpeg_history"] is False`) and nothing for the heavy end to
+        remove (`--strength auto` picks 0 for it), from `measures` or taken from `pixels`; else
+        "light". A blurred or noisy input with no JPEG grid (e.g. one resized after its last JPEG)
+        keeps the light end, which was trained on such damage."""
+        if not self.has_clean_end:
+            return "light"
+        if measures is None or "jpeg_history" not in measures:
+            if pixels is None:
+                raise ValueError("choose_end needs the image's pixels or its measures")
+            measures = analyze_for_strength(pixels)
+        clean = measures.get("jpeg_history") is False and auto_strength(measures) == 0.0
+        return "clean" if clean else "light"
+
+    def choose_blend(self, pixels: np.ndarray) -> tuple[float | None, str]:
+        """(strength, end) of `choose_strength` and `choose_end` from one analysis of `pixels`."""
+        if self._family is None:
+            return self.choose_strength(), "light"
+        measures = analyze_for_strength(pixels)
+        return self.choose_strength(measures=measures), self.choose_end(measures=measures)
+
+    def _model_at(self, strength: float | None, end: str = "light") -> nn.Module:
+        """The net for a strength of the family from its light or clean end (self.model when not adaptive)."""
         if self._family is None or strength is None:
             return self.model
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
-        key = round(float(strength), 2)
+        if end not in ("light", "clean"):
+            raise ValueError(f"end {end!r}; allowed values: light, clean")
+        if end == "clean" and self._clean is None:
+            raise ValueError(f"{self.name} has no clean end")
+        key = (end, round(float(strength), 2))
         with self._blend_lock:
             model = self._blends.get(key)
             if model is None:
                 from .interpolate import interpolate_state_dicts
 
+                start = self._clean if end == "clean" else self._family[0]
                 model = copy.deepcopy(self._torch_model)
-                model.load_state_dict(interpolate_state_dicts(*self._family, key), strict=True)
+                model.load_state_dict(interpolate_state_dicts(start, self._family[1], key[1]), strict=True)
                 if self.engine != "torch":
                     from .engines import engine_generator
 
@@ -242,8 +279,13 @@ class Upscaler:
             info["heavy"] = heavy
             if strength is None or strength == "auto":
                 light_state = {k: v.clone() for k, v in model.state_dict().items()}
+                clean = MODELS[name].clean
+                clean_state = None
+                if clean is not None and MODELS[clean].available:
+                    clean_state, _ = read_state_dict(resolve_model_path(clean))
+                    info["clean"] = clean
                 up = cls(model, info, **kwargs)
-                up._set_family(light_state, heavy_state)
+                up._set_family(light_state, heavy_state, clean_state)
                 return up
             _blend_family(model, info, heavy_state, float(strength))
         elif strength not in (None, "auto") and strength != 1.0:
@@ -269,18 +311,20 @@ class Upscaler:
         return tile
 
     def upscale_pixels(self, pixels: np.ndarray, *, on_tile: Callable[[int, int], None] | None = None,
-                       strength: float | None = None) -> np.ndarray:
+                       strength: float | None = None, end: str | None = None) -> np.ndarray:
         """(H, W, C) uint8/uint16/float32 array -> (H*s, W*s, C) in the same dtype.
 
         Any C: a 1-channel image goes through an RGB model as three equal channels and comes back as
-        the mean of the three; RGB through a 1-channel model goes plane by plane. strength: the
-        blend of an adaptive Upscaler (None = `choose_strength` of these pixels); ignored otherwise.
+        the mean of the three; RGB through a 1-channel model goes plane by plane. strength, end: the
+        blend of an adaptive Upscaler (both None = `choose_blend` of these pixels; a strength with
+        no end starts from the light end); ignored otherwise.
         """
         if pixels.ndim == 2:
-            return self.upscale_pixels(pixels[..., None], on_tile=on_tile, strength=strength)[..., 0]
+            return self.upscale_pixels(pixels[..., None], on_tile=on_tile, strength=strength, end=end)[..., 0]
         if self._family is not None and strength is None:
-            strength = self.choose_strength(pixels)
-        model = self._model_at(strength)
+            strength, picked = self.choose_blend(pixels)
+            end = end or picked
+        model = self._model_at(strength, end or "light")
         c = pixels.shape[2]
         if c == self.in_channels:
             def forward(x: torch.Tensor) -> torch.Tensor:
@@ -312,17 +356,20 @@ class Upscaler:
     def count_tiles(self, height: int, width: int) -> int:
         return count_tiles(height, width, self.tile_size(), self.tile_overlap, self.multiple)
 
-    def upscale_frames(self, frames: list[np.ndarray], *, strength: float | None = None) -> list[np.ndarray]:
+    def upscale_frames(self, frames: list[np.ndarray], *, strength: float | None = None,
+                       end: str | None = None) -> list[np.ndarray]:
         """Several same-size uint8 (H, W, C) frames (video) -> their upscales, several per forward
         when they fit together in one tile's area (the memory the tile size was chosen for);
         otherwise frame by frame through the tiles. The result of a frame is what `upscale_pixels`
         gives it, up to the last bit of fp32 arithmetic that a different batch size may change (conv
         kernels pick their blocking by shape). An adaptive Upscaler runs all of them at `strength`
-        (None: `choose_strength` of the first frame), so a video does not flicker between blends."""
+        from `end` (None: `choose_blend` of the first frame), so a video does not flicker between blends."""
         if not frames:
             return []
         if self._family is not None and strength is None:
-            strength = self.choose_strength(frames[0])
+            strength, picked = self.choose_blend(frames[0])
+            end = end or picked
+        end = end or "light"
         h, w, c = frames[0].shape
         tile = self.tile_size()
         if self.tile is None and self._tile_limit is None:
@@ -333,12 +380,12 @@ class Upscaler:
         per = len(frames) if tile <= 0 else (tile * tile) // (h * w)
         same = all(f.shape == frames[0].shape and f.dtype == np.uint8 for f in frames)
         if len(frames) == 1 or per < 2 or not same or c != self.in_channels:
-            return [self.upscale_pixels(f, strength=strength) for f in frames]
+            return [self.upscale_pixels(f, strength=strength, end=end) for f in frames]
         if len(frames) > per:
             return [y for i in range(0, len(frames), per)
-                    for y in self.upscale_frames(frames[i:i + per], strength=strength)]
+                    for y in self.upscale_frames(frames[i:i + per], strength=strength, end=end)]
         x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)   # (B, C, H, W)
-        model = self._model_at(strength)
+        model = self._model_at(strength, end)
         with self._lock:
             y = upscale_tensor(model, x.to(self.device), amp_dtype=self.amp_dtype,
                                channels_last=self.channels_last, multiple=self.multiple)
@@ -351,19 +398,22 @@ class Upscaler:
     def upscale_image(self, img: ImageData, *, outscale: float | None = None, width: int | None = None,
                       height: int | None = None, alpha: str = "model",
                       on_tile: Callable[[int, int], None] | None = None,
-                      strength: float | None = None) -> ImageData:
+                      strength: float | None = None, end: str | None = None) -> ImageData:
         """An ImageData (colour planes, alpha, ICC, EXIF) upscaled; metadata is carried over.
-        strength: the blend of an adaptive Upscaler (None: chosen from the colour planes)."""
+        strength, end: the blend of an adaptive Upscaler (None: chosen from the colour planes; a
+        strength with no end starts from the light end)."""
         if alpha not in ALPHA_MODES:
             raise ValueError(f"alpha={alpha!r}; allowed values: {', '.join(ALPHA_MODES)}")
         target = output_size(img.width, img.height, self.scale, outscale=outscale, width=width, height=height)
         if self._family is not None and strength is None:
-            strength = self.choose_strength(img.pixels)
-        pixels = self.upscale_pixels(img.pixels, on_tile=on_tile, strength=strength)
+            strength, picked = self.choose_blend(img.pixels)
+            end = end or picked
+        end = end or "light"
+        pixels = self.upscale_pixels(img.pixels, on_tile=on_tile, strength=strength, end=end)
         out_alpha = None
         if img.alpha is not None:
             if alpha == "model":
-                out_alpha = self.upscale_pixels(img.alpha[..., None], strength=strength)[..., 0]
+                out_alpha = self.upscale_pixels(img.alpha[..., None], strength=strength, end=end)[..., 0]
                 _keep_flat_alpha(out_alpha, img.alpha, self.scale)
             else:
                 out_alpha = resize_plane(img.alpha, img.width * self.scale, img.height * self.scale,

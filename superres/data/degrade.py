@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .dct import block_dct_matrix
 from .resize import imresize
 
 __all__ = ["RealisticDegrader", "make_generator", "gaussian_kernel", "sinc_kernel", "filter2d", "resize",
@@ -224,17 +225,7 @@ _YCC_TO_RGB = np.array([[1.0, 0.0, 1.402],
                         [1.0, 1.772, 0.0]], dtype=np.float32)
 
 
-def _dct_matrix() -> np.ndarray:
-    """The 8x8 block DCT as one (64, 64) matrix on row-major flattened blocks: kron(D, D) with D the
-    orthonormal 8-point DCT-II, because JPEG's 2-D DCT is D @ block @ D.T. One matmul over all
-    blocks is much faster than two small per-block products."""
-    k, n = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
-    d = np.sqrt(2 / 8) * np.cos((2 * n + 1) * k * math.pi / 16)
-    d[0] /= math.sqrt(2)
-    return np.kron(d, d).astype(np.float32)
-
-
-_DCT64 = _dct_matrix()
+_DCT64 = block_dct_matrix().astype(np.float32)
 
 
 def jpeg_quant_tables(quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.dct import block_dct_matrix
 from ..io.images import read_image
 
 __all__ = ["analyze_image", "analyze_file", "describe", "luma", "estimate_noise", "jpeg_quality_from_tables",
@@ -146,16 +147,8 @@ def jpeg_quality_from_tables(tables) -> int | None:
     return int(np.argmin(dist)) + 1
 
 
-def _dct_matrix(n: int = 8) -> np.ndarray:
-    """The orthonormal DCT-II matrix; JPEG's 8x8 forward DCT is exactly this transform on rows and columns."""
-    k = np.arange(n)[:, None]
-    x = np.arange(n)[None, :]
-    d = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
-    d[0] /= math.sqrt(2.0)
-    return d
-
-
-_DCT8 = _dct_matrix()
+# row-major flattened 8x8 blocks @ _DCT64.T = their JPEG DCT coefficients
+_DCT64 = block_dct_matrix()
 # the 15 lowest AC frequencies (zigzag positions 1..15), as indices into a row-major 8x8 block: they
 # have the smallest quantizers and the most non-zero coefficients, so their steps show first
 _ZIGZAG = sorted(((i, j) for i in range(8) for j in range(8)),
@@ -177,7 +170,7 @@ def _block_coefficients(y: np.ndarray, oy: int = 0, ox: int = 0) -> np.ndarray:
     blocks = y[:h, :w].reshape(h // 8, 8, w // 8, 8).swapaxes(1, 2).reshape(-1, 8, 8)
     if len(blocks) > _MAX_BLOCKS:
         blocks = blocks[np.linspace(0, len(blocks) - 1, _MAX_BLOCKS).astype(np.int64)]
-    return np.einsum("ij,njk,lk->nil", _DCT8, blocks.astype(np.float64), _DCT8).reshape(-1, 64)
+    return blocks.reshape(-1, 64).astype(np.float64) @ _DCT64.T
 
 
 def jpeg_grid_steps(y: np.ndarray, oy: int = 0, ox: int = 0, *, coeffs: np.ndarray | None = None

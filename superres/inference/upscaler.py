@@ -363,12 +363,12 @@ class Upscaler:
         otherwise frame by frame through the tiles. The result of a frame is what `upscale_pixels`
         gives it, up to the last bit of fp32 arithmetic that a different batch size may change (conv
         kernels pick their blocking by shape). An adaptive Upscaler runs all of them at `strength`
-        from `end` (None: `choose_blend` of the first frame), so a video does not flicker between blends."""
+        (None: `choose_strength` of the first frame) from `end` (None: the light end: video codecs
+        leave no JPEG grid to read), so a video does not flicker between blends."""
         if not frames:
             return []
         if self._family is not None and strength is None:
-            strength, picked = self.choose_blend(frames[0])
-            end = end or picked
+            strength = self.choose_strength(frames[0])
         end = end or "light"
         h, w, c = frames[0].shape
         tile = self.tile_size()

@@ -114,6 +114,24 @@ def test_auto_measures_again_when_the_engines_on_offer_change(cache, monkeypatch
     assert calls == [["torch", "onnxruntime"], ["torch", "winograd", "onnxruntime"]]
 
 
+def test_auto_measures_again_on_a_cpu_of_the_same_name_with_another_isa(cache, monkeypatch):
+    """Two VMs both called "AMD EPYC", one AVX2 only and one with AVX-512 BF16, sharing a home
+    directory: the second must not take the first one's answer."""
+    avx2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n"
+    avx512 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16\n"
+    assert engines.cpu_identity(avx2)[0] == engines.cpu_identity(avx512)[0] == "AMD EPYC"
+    assert "avx512_bf16" in engines.cpu_identity(avx512)[1]
+    assert "avx512_bf16" not in engines.cpu_identity(avx2)[1]
+    calls = []
+    monkeypatch.setattr(engines, "_probe", lambda model, names: calls.append(names) or
+                        {n: {"seconds": 1.0 if n == "torch" else 0.5, "max_diff_levels": 0} for n in names})
+    monkeypatch.setattr(engines, "available_engines", lambda: ["torch", "onnxruntime"])
+    for text in (avx2, avx2, avx512):
+        monkeypatch.setattr(engines, "_read_cpuinfo", lambda text=text: text)
+        choose_engine(_tiny())
+    assert len(calls) == 2   # measured on the first machine once, then again on the second
+
+
 needs_nnpack = pytest.mark.skipif(not winograd_available(), reason="this torch build or CPU has no NNPACK")
 
 

@@ -89,6 +89,48 @@ def test_int8_tiles_and_batches_like_the_whole_image(tiny_pair):
     assert np.abs(frames[0].astype(int) - whole).max() <= 1
 
 
+def test_the_int8_graph_runs_on_the_engine_asked_for(tiny_pair, tmp_path, monkeypatch):
+    """ONNX Runtime by default (also for the library's `torch`), OpenVINO when asked, the measured
+    choice under auto (OpenVINO only within 1 level of ONNX Runtime), never an fp32 engine."""
+    from superres.inference import engines
+
+    monkeypatch.setenv("SUPERRES_CACHE_DIR", str(tmp_path / "cache"))
+    _, int8 = tiny_pair
+    assert int8.engine == "onnxruntime" and int8.model.engine == "onnxruntime"
+    assert int8.model.on("onnxruntime") is int8.model
+    with pytest.raises(runtime.RuntimeChoiceError, match="'winograd' runs fp32"):
+        Upscaler(_tiny(), device="cpu", precision="int8", int8_calibration=torch.rand(2, 3, 8, 8), engine="winograd")
+    img = _image()
+    ort_out = int8.upscale(img).astype(int)
+    if "openvino" in engines.available_engines():
+        ov = copy.copy(int8)
+        ov.model = int8.model.on("openvino")
+        assert ov.model.engine == "openvino" and ov.model.metadata == int8.model.metadata
+        assert torch.equal(ov.model.onnx_sha256, int8.model.onnx_sha256)
+        # the same integer graph; the runtimes requantize in their own order, a few levels apart
+        assert np.abs(ov.upscale(img).astype(int) - ort_out).max() <= 4
+    # auto: the probe's answer, remembered
+    calls = []
+
+    def probe(model, makers):
+        calls.append(sorted(makers))
+        return {"onnxruntime": {"seconds": 0.3, "max_diff_levels": 0},
+                "openvino": {"seconds": 0.1, "max_diff_levels": 1}}
+
+    monkeypatch.setattr(engines, "_probe_generators", probe)
+    monkeypatch.setattr(engines, "available_engines", lambda: ["torch", "onnxruntime", "openvino"])
+    monkeypatch.setattr(Int8Generator, "on", lambda self, engine: self)   # no OpenVINO needed here
+    calib = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for _ in range(2):
+        Upscaler(_tiny(), device="cpu", precision="int8", int8_calibration=calib, engine="auto")
+    assert calls == [["onnxruntime", "openvino"]]
+    assert engines.choose_int8_engine(_tiny(), lambda n: None) == "openvino"
+    monkeypatch.setattr(engines, "_probe_generators", lambda model, makers: {
+        "onnxruntime": {"seconds": 0.3, "max_diff_levels": 0}, "openvino": {"seconds": 0.1, "max_diff_levels": 3}})
+    monkeypatch.setenv("SUPERRES_CACHE_DIR", str(tmp_path / "cache2"))
+    assert engines.choose_int8_engine(_tiny(), lambda n: None) == "onnxruntime"   # faster but 3 levels off
+
+
 def test_int8_is_cpu_only(monkeypatch):
     with pytest.raises(runtime.RuntimeChoiceError, match="CPU only"):
         runtime.check_int8(torch.device("cuda"))

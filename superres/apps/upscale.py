@@ -483,8 +483,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     up = _load_upscaler(args)
     if up is None:
         return 2
-    log.info("model %s (%s x%d) on %s, %s%s", up.name, up.info.get("arch"), up.scale, up.device,
-             up.precision, f", strength per image (a blend with {up.info['heavy']})" if up.adaptive else "")
+    log.info("model %s (%s x%d) on %s, %s on %s%s", up.name, up.info.get("arch"), up.scale, up.device,
+             up.precision, up.engine, f", strength per image (a blend with {up.info['heavy']})" if up.adaptive else "")
     report: list[dict[str, Any]] = [{"input": e.split(": ")[0], "status": "error", "error": e} for e in errors]
     failed = len(errors)
     interrupted: int | None = None

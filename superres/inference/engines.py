@@ -40,7 +40,8 @@ from .runtime import RuntimeChoiceError
 log = logging.getLogger(__name__)
 
 __all__ = ["ENGINES", "EngineGenerator", "WinogradConv2d", "winograd_generator", "winograd_available",
-           "cache_dir", "engine_generator", "choose_engine", "available_engines",
+           "cache_dir", "engine_generator", "choose_engine", "choose_int8_engine", "int8_engines",
+           "available_engines",
            "weights_sha256"]
 
 ENGINES = ("auto", "torch", "winograd", "onnxruntime", "openvino")
@@ -50,6 +51,9 @@ ENGINES = ("auto", "torch", "winograd", "onnxruntime", "openvino")
 # it will run at. About 1 s per torch pass on such a CPU.
 PROBE_SHAPE = (256, 512)
 PROBE_REPEATS = 2
+# the CPU features an engine's speed turns on (in the cache key beside the model name)
+_KEY_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                        "amx_bf16", "amx_int8", "avx_vnni"})
 TOLERANCE_LEVELS = 1     # an engine may differ from torch fp32 by this many 8-bit levels at most
 
 
@@ -212,6 +216,28 @@ def engine_generator(model: nn.Module, engine: str) -> nn.Module:
                            activation_bytes_per_lr_pixel=activation_bytes(model, graph=True))
 
 
+def _read_cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:   # not Linux: the model name from platform, no flags
+        return ""
+
+
+def cpu_identity(cpuinfo: str) -> tuple[str, list[str]]:
+    """The CPU's model name and the features an engine's speed turns on, from /proc/cpuinfo's text.
+
+    The model name alone does not tell the ISA: VMs sold as "AMD EPYC" come with AVX2 only or with
+    AVX-512 BF16, and the engines rank differently on the two (winograd led on the first, OpenVINO on
+    the second), so a cache shared between such machines (one home directory on a cluster) must keep
+    them apart."""
+    lines = cpuinfo.splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return cpu, [torch.backends.cpu.get_cpu_capability()] + sorted({f for f in flags if f in _KEY_FLAGS})
+
+
 def _machine_key(model: nn.Module, engines: list[str]) -> str:
     """What an engine's speed depends on: CPU, thread count, library versions and the network's
     shape (not its weights)."""
@@ -221,29 +247,29 @@ def _machine_key(model: nn.Module, engines: list[str]) -> str:
             versions.append(f"{module}={__import__(module).__version__}")
         except ImportError:
             pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu, isa = cpu_identity(_read_cpuinfo())
     arch = f"{type(model).__name__}{sorted((getattr(model, 'hparams', {}) or {}).items())}"
     # the engines on offer are part of the key: a newly installed (or newly added) one is measured
-    return "|".join([cpu, f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", *versions,
-                     "engines=" + ",".join(engines), arch])
+    return "|".join([cpu, "isa=" + ",".join(isa), f"threads={torch.get_num_threads()}",
+                     f"torch={torch.__version__}", *versions, "engines=" + ",".join(engines), arch])
 
 
 def _probe(model: nn.Module, engines: list[str]) -> dict[str, Any]:
     """Time each engine on a fixed input and compare its output with torch fp32's."""
+    return _probe_generators(model, {name: (lambda name=name: engine_generator(model, name)) for name in engines})
+
+
+def _probe_generators(model: nn.Module, makers: dict[str, Any]) -> dict[str, Any]:
+    """Time each generator `makers[name]()` on a fixed input; compare its output with the first's."""
     from .core import tensor_to_uint8, upscale_tensor
 
     channels = int((getattr(model, "hparams", {}) or {}).get("num_in_ch", 3))
     x = torch.rand(1, channels, *PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
     results: dict[str, Any] = {}
     reference = None
-    for name in engines:
+    for name, make in makers.items():
         try:
-            gen = engine_generator(model, name)
+            gen = make()
             with torch.no_grad():
                 out = tensor_to_uint8(upscale_tensor(gen, x))   # also the warm-up
                 times = []
@@ -261,24 +287,22 @@ def _probe(model: nn.Module, engines: list[str]) -> dict[str, Any]:
     return results
 
 
-def choose_engine(model: nn.Module) -> str:
-    """The fastest installed engine for `model` on this machine whose output is within 1 level of
-    torch fp32's, measured once and remembered in the cache folder."""
-    engines = available_engines()
-    key = _machine_key(model, engines)
+def _choose(key: str, offered: list[str], measure: Any, fallback: str) -> str:
+    """The engine remembered under `key`, else `measure()`'s fastest within TOLERANCE_LEVELS of the
+    reference, remembered in the cache folder."""
     store = cache_dir() / "engines.json"
     try:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known and known[key].get("engine") in engines:
+    if key in known and known[key].get("engine") in offered:
         return known[key]["engine"]
-    if engines == ["torch"]:
-        return "torch"
+    if offered == [fallback]:
+        return fallback
     log.info("measuring the engines for this model on this machine (once; cached in %s)", store)
-    results = _probe(model, engines)
+    results = measure()
     ok = {n: r for n, r in results.items() if "seconds" in r and r["max_diff_levels"] <= TOLERANCE_LEVELS}
-    best = min(ok, key=lambda n: ok[n]["seconds"]) if ok else "torch"
+    best = min(ok, key=lambda n: ok[n]["seconds"]) if ok else fallback
     known[key] = {"engine": best, "probe": results, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         from ..io.fs import atomic_write
@@ -291,3 +315,27 @@ def choose_engine(model: nn.Module) -> str:
                       for n, r in results.items())
     log.info("engine %s (%s)", best, speed)
     return best
+
+
+def choose_engine(model: nn.Module) -> str:
+    """The fastest installed engine for `model` on this machine whose output is within 1 level of
+    torch fp32's, measured once and remembered in the cache folder."""
+    engines = available_engines()
+    return _choose(_machine_key(model, engines), engines, lambda: _probe(model, engines), "torch")
+
+
+def int8_engines() -> list[str]:
+    """Who can run an int8 graph here: ONNX Runtime (the int8 extra), and OpenVINO where installed."""
+    return [n for n in available_engines() if n in ("onnxruntime", "openvino")]
+
+
+def choose_int8_engine(model: nn.Module, make: Any) -> str:
+    """For `--precision int8 --engine auto`: the faster of ONNX Runtime and OpenVINO on the same
+    int8 graph (`make(engine)` builds it), OpenVINO only where its output is within 1 level of ONNX
+    Runtime's; measured once per machine and architecture like choose_engine. On a CPU with AVX-512
+    VNNI OpenVINO ran the shipped int8 files 2.6x faster than ONNX Runtime with the same output."""
+    offered = int8_engines()
+    if "onnxruntime" not in offered:
+        return "onnxruntime"   # the int8 path reports that the extra is missing
+    return _choose(_machine_key(model, offered) + "|int8", offered,
+                   lambda: _probe_generators(model, {n: (lambda n=n: make(n)) for n in offered}), "onnxruntime")

@@ -21,6 +21,11 @@ refused rather than silently used. Any other generator (a weights file, a --stre
 quantized when it is loaded, from calibration images the caller gives (`int8_calibration`,
 `--int8-calibration DIR`): about a minute for an MSRResNet, and photos like the ones to upscale.
 
+`engine="openvino"` (`--precision int8 --engine openvino`) runs the same file in OpenVINO, which
+reads the QDQ pairs and runs the convolutions in int8 as well: on a CPU with AVX-512 VNNI 2.65x
+ONNX Runtime's speed, its output within 3 levels of ONNX Runtime's (the two requantize in their own
+order), so `--engine auto` takes it only where the probe finds it within 1 level
+(engines.choose_int8_engine).
 Measured with an AVX2 CPU, one thread (benchmarks/int8_experiment.py, numbers in its docstring):
 psnr-x4 2.5x the speed of fp32 for 0.011 dB less PSNR on Set14; all four shipped models 2.2-2.5x
 for at most 0.032 dB.
@@ -43,7 +48,7 @@ from .runtime import RuntimeChoiceError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Int8Generator", "quantize", "int8_path", "load_int8", "int8_generator"]
+__all__ = ["INT8_ENGINES", "Int8Generator", "quantize", "int8_path", "load_int8", "int8_generator"]
 INT8_SUFFIX = ".int8.onnx"
 
 
@@ -108,9 +113,13 @@ def quantize(model: nn.Module, calibration: torch.Tensor, path: str | os.PathLik
     atomic_write_with(path, lambda tmp: onnx.save(proto, tmp))
 
 
+INT8_ENGINES = ("onnxruntime", "openvino")
+
+
 class Int8Generator(nn.Module):
-    """An int8 ONNX file run by ONNX Runtime's CPU provider, as a module: (B, C, H, W) float in
-    [0, 1] -> (B, C, H*s, W*s) float32, so the inference core runs it like any generator.
+    """An int8 ONNX file run by ONNX Runtime's CPU provider (or by OpenVINO, `engine="openvino"`,
+    which reads the same QDQ graph and runs its convolutions in int8 too), as a module: (B, C, H, W)
+    float in [0, 1] -> (B, C, H*s, W*s) float32, so the inference core runs it like any generator.
 
     It has no parameters; its one buffer is the sha256 of the ONNX file, so anything that
     fingerprints a model by its state dict (video resume) tells two int8 files apart. hparams and
@@ -118,18 +127,36 @@ class Int8Generator(nn.Module):
     """
 
     def __init__(self, path: str | os.PathLike, *, hparams: dict[str, Any], input_multiple: int = 1,
-                 activation_bytes_per_lr_pixel: int | None = None) -> None:
+                 activation_bytes_per_lr_pixel: int | None = None, engine: str = "onnxruntime") -> None:
         super().__init__()
+        if engine not in INT8_ENGINES:
+            raise Int8Error(f"int8 engine {engine!r}; allowed values: {', '.join(INT8_ENGINES)}")
         ort = _require_ort()
         data = Path(path).read_bytes()
-        opts = ort.SessionOptions()
-        # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads), not ORT's default
-        # of every core, so --precision changes the arithmetic and nothing else.
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.engine = engine
+        self._data = data   # the graph's bytes (a few MB), for on()
+        # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads), not the runtime's
+        # default of every core, so --precision changes the arithmetic and nothing else.
+        threads = torch.get_num_threads()
+        if engine == "onnxruntime":
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
+            self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        else:
+            try:
+                import onnx
+                import openvino as ov
+            except ImportError as e:
+                raise Int8Error("int8 on engine 'openvino' needs OpenVINO: pip install -c constraints.txt -e "
+                                "'.[openvino]', or use --engine onnxruntime") from e
+            # no precision hint: the graph's QDQ pairs fix the int8 convolutions, and the f32 hint
+            # would not change them
+            self._compiled = ov.Core().compile_model(str(path), "CPU", {
+                "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+            self.metadata = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
         self.hparams = dict(hparams)
         self.input_multiple = int(input_multiple)
         # the fp32 net's estimate as one graph (archs.activation_bytes(graph=True)), which sizes the
@@ -138,11 +165,23 @@ class Int8Generator(nn.Module):
         self.register_buffer("onnx_sha256", torch.frombuffer(bytearray(hashlib.sha256(data).digest()),
                                                              dtype=torch.uint8))
 
+    def on(self, engine: str) -> Int8Generator:
+        """The same int8 graph run by `engine` (self when it already is)."""
+        if engine == self.engine:
+            return self
+        with tempfile.TemporaryDirectory(prefix="superres-int8-") as tmp:
+            path = Path(tmp) / "model.int8.onnx"
+            path.write_bytes(self._data)
+            return Int8Generator(path, hparams=self.hparams, input_multiple=self.input_multiple,
+                                 activation_bytes_per_lr_pixel=self.activation_bytes_per_lr_pixel, engine=engine)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             raise Int8Error(f"the int8 model runs on the CPU; got an input on {x.device}")
         arr = np.ascontiguousarray(x.detach().float().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+        if self.engine == "onnxruntime":
+            return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+        return torch.from_numpy(np.asarray(self._compiled(arr)[0], dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +197,7 @@ def _sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_int8(weights: str | os.PathLike, model: nn.Module) -> Int8Generator:
+def load_int8(weights: str | os.PathLike, model: nn.Module, *, engine: str = "onnxruntime") -> Int8Generator:
     """The int8 file beside `weights`, checked against the weights' sha256; `model` is their fp32
     generator (for hparams and the input multiple)."""
     from ..archs import activation_bytes, input_multiple
@@ -168,7 +207,7 @@ def load_int8(weights: str | os.PathLike, model: nn.Module) -> Int8Generator:
         raise Int8Error(f"{Path(weights).name} has no int8 file ({path.name}); give calibration images "
                         "(--int8-calibration DIR) to quantize it when it is loaded")
     gen = Int8Generator(path, hparams=getattr(model, "hparams", {}), input_multiple=input_multiple(model),
-                        activation_bytes_per_lr_pixel=activation_bytes(model, graph=True))
+                        activation_bytes_per_lr_pixel=activation_bytes(model, graph=True), engine=engine)
     want, got = gen.metadata.get("source_sha256"), _sha256(weights)
     if want != got:
         raise Int8Error(f"{path.name} was made from other weights than {Path(weights).name} (sha256 "
@@ -178,7 +217,8 @@ def load_int8(weights: str | os.PathLike, model: nn.Module) -> Int8Generator:
 
 
 def int8_generator(model: nn.Module, info: dict[str, Any] | None = None, *,
-                   calibration: torch.Tensor | str | os.PathLike | list | None = None) -> Int8Generator:
+                   calibration: torch.Tensor | str | os.PathLike | list | None = None,
+                   engine: str = "onnxruntime") -> Int8Generator:
     """The int8 form of `model` (fp32, eval mode).
 
     With `calibration` (LR tensors (N, C, h, w) in [0, 1], or image folders to cut CALIB_PATCHES
@@ -193,7 +233,7 @@ def int8_generator(model: nn.Module, info: dict[str, Any] | None = None, *,
     hparams = dict(getattr(model, "hparams", {}) or info.get("hparams", {}))
     if calibration is None:
         if info.get("path") and "strength" not in info:
-            return load_int8(info["path"], model)
+            return load_int8(info["path"], model, engine=engine)
         what = "a --strength blend" if "strength" in info else "this model"
         raise Int8Error(f"precision 'int8' for {what} needs calibration images (--int8-calibration DIR, "
                         "photos like the ones to upscale): only the shipped models as trained come with an "
@@ -210,6 +250,6 @@ def int8_generator(model: nn.Module, info: dict[str, Any] | None = None, *,
         log.info("quantizing to int8 with %d calibration patches", len(calibration))
         quantize(model, calibration, path)
         return Int8Generator(path, hparams=hparams, input_multiple=input_multiple(model),
-                             activation_bytes_per_lr_pixel=activation_bytes(model, graph=True))
+                             activation_bytes_per_lr_pixel=activation_bytes(model, graph=True), engine=engine)
 
 

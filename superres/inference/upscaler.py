@@ -88,16 +88,18 @@ class Upscaler:
 
             self.amp_dtype = None
             self.precision = "int8"
-            model = int8_generator(model.eval(), self.info, calibration=int8_calibration)
+            fp32_model = model.eval()
+            model = int8_generator(fp32_model, self.info, calibration=int8_calibration)
+            model = model.on(self._pick_int8_engine(engine, fp32_model, model))
         else:
             policy = runtime.inference_policy(precision, self.device)
             self.amp_dtype = policy.amp_dtype
             self.precision = policy.name
         self.channels_last = self.amp_dtype is not None and self.device.type == "cpu"   # as inference_policy
-        self.engine = self._pick_engine(engine, model)
+        self.engine = model.engine if self.precision == "int8" else self._pick_engine(engine, model)
         # the torch module the engine runs (blends are made from it); self.model is what runs
         self._torch_model = model.eval().to(self.device)
-        if self.engine != "torch":
+        if self.engine != "torch" and self.precision != "int8":
             from .engines import engine_generator
 
             model = engine_generator(self._torch_model, self.engine)
@@ -134,8 +136,8 @@ class Upscaler:
 
         if engine not in ENGINES:
             raise EngineError(f"engine {engine!r}; allowed values: {', '.join(ENGINES)}")
-        if engine == "torch" or self.precision == "int8":
-            return "torch"   # int8 has its own ONNX Runtime graph
+        if engine == "torch":
+            return "torch"
         fp32_cpu = self.amp_dtype is None and self.device.type == "cpu"
         if engine == "auto":
             return choose_engine(model.eval().to("cpu")) if fp32_cpu else "torch"
@@ -143,6 +145,24 @@ class Upscaler:
             raise EngineError(f"engine {engine!r} runs fp32 on the CPU; here the precision is {self.precision} "
                               f"on {self.device}: use --engine torch (or auto)")
         return engine
+
+    @staticmethod
+    def _pick_int8_engine(engine: str, fp32_model: nn.Module, int8_model: nn.Module) -> str:
+        """Who runs the int8 graph: ONNX Runtime (also for `torch`, the library's default, which
+        has no int8 kernels of its own), OpenVINO when asked, or under `auto` the faster of the two
+        where OpenVINO is installed and its output is within 1 level of ONNX Runtime's."""
+        from .engines import ENGINES, EngineError, choose_int8_engine
+
+        if engine not in ENGINES:
+            raise EngineError(f"engine {engine!r}; allowed values: {', '.join(ENGINES)}")
+        if engine in ("torch", "onnxruntime"):
+            return "onnxruntime"
+        if engine == "winograd":
+            raise EngineError("engine 'winograd' runs fp32 convolutions; with precision 'int8' use --engine "
+                              "auto, onnxruntime or openvino")
+        if engine == "openvino":
+            return "openvino"
+        return choose_int8_engine(fp32_model.to("cpu"), int8_model.on)
 
     @property
     def adaptive(self) -> bool:

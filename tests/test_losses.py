@@ -23,6 +23,23 @@ def test_pixel_losses_hand_computed():
     assert L.pixel_loss("charbonnier", sr, hr).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_detail_loss_sees_only_the_high_frequencies():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 24, 24)
+    assert L.detail_loss(x, x).item() == 0.0
+    # a constant offset has no high-pass residual, and a smooth ramp next to none (only where the
+    # blur reflects it at the edges)
+    assert L.detail_loss(x + 0.3, x).item() < 1e-6
+    ramp = torch.linspace(0, 0.2, 24).view(1, 1, 1, 24)
+    assert L.detail_loss(x + ramp, x).item() < 0.01 * ramp.mean().item()
+    # fine noise is all high-pass: the loss is most of the noise's mean absolute value
+    noise = 0.1 * torch.randn_like(x)
+    assert 0.5 * noise.abs().mean() < L.detail_loss(x + noise, x) < 1.2 * noise.abs().mean()
+    # the hand-computed definition
+    want = F.l1_loss(x - L.gaussian_blur(x, 2.0), (x + noise) - L.gaussian_blur(x + noise, 2.0))
+    assert L.detail_loss(x, x + noise, 2.0).item() == pytest.approx(want.item())
+
+
 def test_pixel_loss_unknown_kind_names_allowed():
     with pytest.raises(ValueError, match="charbonnier"):
         L.pixel_loss("l3", torch.zeros(1), torch.zeros(1))

@@ -850,6 +850,22 @@ def test_resume_with_another_validation_track_starts_best_over(tmp_path, monkeyp
     assert read_state_dict(run / "best.safetensors")[1]["step"] == "4"
 
 
+def test_the_detail_loss_is_logged_and_adds_to_the_generator_loss(images, tmp_path):
+    plain = tiny(images, "train.total_steps=2")
+    detail = tiny(images, "train.total_steps=2", "losses.detail=2.0")
+    train(plain, tmp_path / "plain")
+    train(detail, tmp_path / "detail")
+    p, d = records(tmp_path / "plain"), records(tmp_path / "detail")
+    assert "l_det" not in p[0] and d[0]["l_det"] > 0
+    # same seed, same first batch and weights: the first step's loss is the pixel loss plus 2x detail
+    assert d[0]["l_pix"] == pytest.approx(p[0]["l_pix"], rel=1e-5)
+    assert d[0]["loss_g"] == pytest.approx(d[0]["l_pix"] + 2.0 * d[0]["l_det"], rel=1e-5)
+    with pytest.raises(ConfigError, match="losses.detail = -1.0 must be >= 0"):
+        tiny(images, "losses.detail=-1")
+    with pytest.raises(ConfigError, match="losses.detail_sigma = 0.0 must be > 0"):
+        tiny(images, "losses.detail=0.5", "losses.detail_sigma=0")
+
+
 def test_sharpened_targets_reach_the_pixel_loss_but_not_the_discriminator(images, tmp_path, monkeypatch):
     calls = []
     real_usm = train_mod.unsharp_mask

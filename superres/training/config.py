@@ -112,6 +112,12 @@ class LossConfig:
     sharpen_target: float = 0.0
     sharpen_sigma: float = 8.0
     sharpen_threshold: float = 10 / 255
+    # Detail loss: L1 between the high-pass residuals x - G_sigma(x) of SR and target (the residual
+    # `superres eval`'s hf-corr compares), added to the pixel loss (0 = off). The pixel loss spends
+    # a small net's capacity mostly on the low frequencies, where the error is; this weights the fine
+    # detail of the target (a distillation teacher's texture) on its own.
+    detail: float = 0.0
+    detail_sigma: float = 1.0
     # R1 gradient penalty on D's real inputs, weight gamma/2 as in the paper (0 = off). Computed
     # every r1_every-th D step and scaled by r1_every (StyleGAN2's lazy regularisation).
     r1: float = 0.0
@@ -452,7 +458,7 @@ def _check_vgg_layers(key: str, layers: dict, before_activation: bool) -> None:
 def _check_losses(cfg: Config) -> None:
     lo = cfg.losses
     for key in ("pixel_weight", "perceptual", "adversarial", "feature_matching", "texture", "artifact",
-                "r1", "sharpen_target", "sharpen_threshold"):
+                "r1", "sharpen_target", "sharpen_threshold", "detail"):
         if getattr(lo, key) < 0:
             raise ConfigError(f"losses.{key} = {getattr(lo, key)} must be >= 0")
     if lo.perceptual > 0:
@@ -473,6 +479,8 @@ def _check_losses(cfg: Config) -> None:
         raise ConfigError(f"losses.artifact_window = {lo.artifact_window}: expected an odd number >= 3")
     if lo.sharpen_target > 0 and lo.sharpen_sigma <= 0:
         raise ConfigError(f"losses.sharpen_sigma = {lo.sharpen_sigma} must be > 0 (pixels)")
+    if lo.detail > 0 and lo.detail_sigma <= 0:
+        raise ConfigError(f"losses.detail_sigma = {lo.detail_sigma} must be > 0 (pixels)")
     if lo.r1_every < 1:
         raise ConfigError(f"losses.r1_every = {lo.r1_every} must be >= 1 (D steps)")
     if cfg.train.d_warmup_steps < 0:

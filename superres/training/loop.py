@@ -62,6 +62,7 @@ from .losses import (
     TextureLoss,
     VGGPerceptualLoss,
     artifact_loss,
+    detail_loss,
     feature_matching_loss,
     pixel_loss,
     r1_penalty,
@@ -882,6 +883,10 @@ def generator_loss(rs: RunState, lr: torch.Tensor, sr: torch.Tensor, hr: torch.T
     l_pix = pixel_loss(lo.pixel, sr, hr)
     loss_g = lo.pixel_weight * l_pix
     logs["l_pix"] = l_pix
+    if lo.detail > 0:
+        l_det = detail_loss(sr, hr, lo.detail_sigma)
+        loss_g = loss_g + lo.detail * l_det
+        logs["l_det"] = l_det
     if rs.percep is not None:
         with rs.autocast():
             l_percep = rs.percep(sr, hr)

@@ -59,6 +59,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def detail_loss(sr: torch.Tensor, target: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """L1 between the high-pass residuals x - G_sigma(x) of SR and target: the fine detail alone
+    (`superres eval`'s hf-corr correlates the same residual, sigma 1, with the HR's)."""
+    return F.l1_loss(sr - gaussian_blur(sr, sigma), target - gaussian_blur(target, sigma))
+
+
 def unsharp_mask(img: torch.Tensor, weight: float = 0.5, sigma: float = 8.0,
                  threshold: float = 10 / 255) -> torch.Tensor:
     """Real-ESRGAN's sharpened training target, for images in [0, 1], (B, C, H, W).

@@ -56,8 +56,9 @@ MODELS: dict[str, ModelEntry] = {
                                  inputs="real"),
     "photo-x4-heavy": ModelEntry("photo-x4-heavy", "photo-x4-heavy.safetensors", 4,
                                  "realnet-x4 fine-tuned toward the photo's low frequencies plus Real-ESRGAN "
-                                 "x4plus's high frequencies on heavily degraded inputs (the teacher only made "
-                                 "the training targets): the cleaning end of photo-x4.", inputs="real"),
+                                 "x4plus's high frequencies on heavily degraded inputs, with an extra loss on "
+                                 "the fine detail (the teacher only made the training targets): the cleaning "
+                                 "end of photo-x4.", inputs="real"),
     "psnr-x4": ModelEntry("psnr-x4", "psnr-x4.safetensors", 4,
                           "MSRResNet trained with L1 loss on T91+BSD200: highest fidelity (PSNR)."),
     "gan-x4": ModelEntry("gan-x4", "gan-x4.safetensors", 4,

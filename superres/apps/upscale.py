@@ -287,15 +287,17 @@ def add_upscale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=runtime.DEVICES)
     p.add_argument("--engine", default=default_engine(), choices=ENGINE_NAMES,
                    help="auto (default; $SUPERRES_ENGINE changes it): for fp32 on the CPU the fastest installed engine whose "
-                        "output is within 1 level of torch's, measured once per machine and model and cached; "
+                        "output is within 1 level of torch's, measured once per machine, thread count and model and "
+                        "cached (for int8: ONNX Runtime or OpenVINO, within 1 level of ONNX Runtime); "
                         "torch: PyTorch itself; winograd: PyTorch with its 3x3 convs run by NNPACK's Winograd kernels "
                         "(no extra package); onnxruntime / openvino: the model exported to ONNX (cached) and "
                         "run by that library (the [onnx] / [openvino] extras)")
     p.add_argument("--precision", default="auto", choices=runtime.INFERENCE_PRECISIONS,
                    help="auto: bf16 + channels_last on CPUs with native bf16, fp16 on CUDA, else fp32. "
                         "int8 (CPU only, needs onnxruntime): ONNX Runtime's static int8 form of the model, "
-                        "2.2-2.5x fp32's speed on an AVX2 CPU for <= 0.032 dB PSNR on Set14; shipped models "
-                        "bring it, other weights need --int8-calibration")
+                        "2.2-2.5x fp32's speed on an AVX2 CPU for <= 0.032 dB PSNR on Set14 (with --engine openvino "
+                        "the same int8 file runs in OpenVINO, 2.65x ONNX Runtime on an AVX-512 VNNI CPU); shipped "
+                        "models bring it, other weights need --int8-calibration")
     p.add_argument("--int8-calibration", action="append", default=None, metavar="DIR",
                    help="with --precision int8 for a weights file or --strength blend: folder of photos "
                         "like the ones to upscale (repeatable); the model is quantized from LR patches "

@@ -51,8 +51,9 @@ MODELS: dict[str, ModelEntry] = {
                                  "Compact net fine-tuned from realnet-x4 with L1 on clean, camera-like and "
                                  "a few heavily degraded inputs: the faithful end of photo-x4.", inputs="real"),
     "photo-x4-clean": ModelEntry("photo-x4-clean", "photo-x4-clean.safetensors", 4,
-                                 "photo-x4-light fine-tuned with L1 on mostly clean (never compressed) inputs "
-                                 "and some camera-like ones: photo-x4's end for inputs with no JPEG history.",
+                                 "photo-x4-light fine-tuned with L1 (then L1 plus a fine-detail loss) on mostly "
+                                 "clean (never compressed) inputs and some camera-like ones: photo-x4's end for "
+                                 "inputs with no JPEG history.",
                                  inputs="real"),
     "photo-x4-heavy": ModelEntry("photo-x4-heavy", "photo-x4-heavy.safetensors", 4,
                                  "realnet-x4 fine-tuned toward the photo's low frequencies plus Real-ESRGAN "

@@ -45,8 +45,8 @@ from superres.inference.core import (
     tensor_to_uint8,
     upscale_tensor,
 )
-from superres.inference.engines import cpu_identity
-from superres.inference.int8 import int8_path
+from superres.inference.engines import cpu_identity, engine_generator
+from superres.inference.int8 import int8_path, load_int8
 from superres.inference.models import resolve_model_path
 from superres.inference.onnx import export_onnx
 from superres.inference.weights import load_generator
@@ -55,6 +55,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _openvino(path: str | Path | object, hint: str | None):
+    """A graph (a path or an OpenVINO model) compiled as engines.EngineGenerator compiles ours."""
     import openvino as ov
 
     core = ov.Core()
@@ -64,16 +65,6 @@ def _openvino(path: str | Path | object, hint: str | None):
     model = core.read_model(str(path)) if isinstance(path, (str, Path)) else path
     compiled = core.compile_model(model, "CPU", config)
     return lambda x: torch.from_numpy(np.asarray(compiled(x.numpy())[0], dtype=np.float32))
-
-
-def _ort(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
 def _nncf_int8(fp32_onnx: Path, calib: torch.Tensor):
@@ -113,12 +104,14 @@ def main() -> None:
     def torch_bf16(x):
         return upscale_tensor(bf16_model, x, amp_dtype=torch.bfloat16, channels_last=True)
 
+    # our own paths through the library's generators (what --engine / --precision run); only the
+    # bf16 hint and NNCF, which superres does not ship, are compiled here
+    ov_f32 = engine_generator(model, "openvino")
     methods = {"torch-fp32": torch_fp32, "torch-bf16": torch_bf16,
-               "ov-f32": _openvino(fp32_onnx, "f32"), "ov-bf16": _openvino(fp32_onnx, "bf16")}
-    q = int8_path(weights)
-    if q.is_file():
-        methods["ort-int8"] = _ort(q)
-        methods["ov-int8-qdq"] = _openvino(q, None)
+               "ov-f32": ov_f32, "ov-bf16": _openvino(fp32_onnx, "bf16")}
+    if int8_path(weights).is_file():
+        methods["ort-int8"] = load_int8(weights, model)
+        methods["ov-int8-qdq"] = load_int8(weights, model, engine="openvino")
     methods["ov-int8-nncf"] = _nncf_int8(fp32_onnx, calib)
 
     x = torch.rand(1, 3, *args.size, generator=torch.Generator().manual_seed(0))

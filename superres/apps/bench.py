@@ -528,17 +528,8 @@ def measure_peak_rss(model: str, size: tuple[int, int], *, device: str, precisio
 # the machine
 
 def machine_info(device: "torch_t.device", precision: str) -> dict[str, Any]:
-    flags: set[str] = set()
-    cpu_model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not cpu_model:
-                    cpu_model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:   # not Linux: the ISA flags stay unknown (False) rather than guessed
-        pass
+    # not Linux: no /proc/cpuinfo, so the ISA flags stay unknown (False) rather than guessed
+    cpu_model, flags = runtime.parse_cpuinfo(runtime.cpuinfo_text())
     cpu_model = cpu_model or platform.processor() or platform.machine()
     isa = {f: f in flags for f in _ISA_FLAGS if f != "amx"}
     isa["amx"] = any(f.startswith("amx") for f in flags)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runtime import RuntimeChoiceError
+from .runtime import RuntimeChoiceError, cpuinfo_text, parse_cpuinfo
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +217,7 @@ def engine_generator(model: nn.Module, engine: str) -> nn.Module:
 
 
 def _read_cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:   # not Linux: the model name from platform, no flags
-        return ""
+    return cpuinfo_text()   # a name of its own here, so tests can stand in another machine
 
 
 def cpu_identity(cpuinfo: str) -> tuple[str, list[str]]:
@@ -231,11 +227,9 @@ def cpu_identity(cpuinfo: str) -> tuple[str, list[str]]:
     AVX-512 BF16, and the engines rank differently on the two (winograd led on the first, OpenVINO on
     the second), so a cache shared between such machines (one home directory on a cluster) must keep
     them apart."""
-    lines = cpuinfo.splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-               platform.processor() or platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    return cpu, [torch.backends.cpu.get_cpu_capability()] + sorted({f for f in flags if f in _KEY_FLAGS})
+    model, flags = parse_cpuinfo(cpuinfo)
+    return (model or platform.processor() or platform.machine(),
+            [torch.backends.cpu.get_cpu_capability()] + sorted(flags & _KEY_FLAGS))
 
 
 def _machine_key(model: nn.Module, engines: list[str]) -> str:

@@ -126,13 +126,13 @@ class Int8Generator(nn.Module):
     input_multiple are the fp32 generator's (tile sizing and padding read them).
     """
 
-    def __init__(self, path: str | os.PathLike, *, hparams: dict[str, Any], input_multiple: int = 1,
+    def __init__(self, path: str | os.PathLike | bytes, *, hparams: dict[str, Any], input_multiple: int = 1,
                  activation_bytes_per_lr_pixel: int | None = None, engine: str = "onnxruntime") -> None:
         super().__init__()
         if engine not in INT8_ENGINES:
             raise Int8Error(f"int8 engine {engine!r}; allowed values: {', '.join(INT8_ENGINES)}")
         ort = _require_ort()
-        data = Path(path).read_bytes()
+        data = path if isinstance(path, bytes) else Path(path).read_bytes()   # the file or its bytes
         self.engine = engine
         self._data = data   # the graph's bytes (a few MB), for on()
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads), not the runtime's
@@ -154,7 +154,8 @@ class Int8Generator(nn.Module):
                                 "'.[openvino]', or use --engine onnxruntime") from e
             # no precision hint: the graph's QDQ pairs fix the int8 convolutions, and the f32 hint
             # would not change them
-            self._compiled = ov.Core().compile_model(str(path), "CPU", {
+            core = ov.Core()
+            self._compiled = core.compile_model(core.read_model(data, b""), "CPU", {
                 "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
             self.metadata = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
         self.hparams = dict(hparams)
@@ -169,11 +170,8 @@ class Int8Generator(nn.Module):
         """The same int8 graph run by `engine` (self when it already is)."""
         if engine == self.engine:
             return self
-        with tempfile.TemporaryDirectory(prefix="superres-int8-") as tmp:
-            path = Path(tmp) / "model.int8.onnx"
-            path.write_bytes(self._data)
-            return Int8Generator(path, hparams=self.hparams, input_multiple=self.input_multiple,
-                                 activation_bytes_per_lr_pixel=self.activation_bytes_per_lr_pixel, engine=engine)
+        return Int8Generator(self._data, hparams=self.hparams, input_multiple=self.input_multiple,
+                             activation_bytes_per_lr_pixel=self.activation_bytes_per_lr_pixel, engine=engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":

@@ -58,6 +58,24 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=1)
+def cpuinfo_text() -> str:
+    """/proc/cpuinfo's text, read once per process ("" where there is none: not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """The first CPU's model name ("" if none is given) and its flags, from /proc/cpuinfo's text."""
+    lines = text.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return model, frozenset(flags)
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
     if os.environ.get("SUPERRES_NO_BF16"):
@@ -65,11 +83,7 @@ def cpu_supports_bf16() -> bool:
     cap = torch.backends.cpu.get_cpu_capability().lower()
     if "avx512" not in cap and "amx" not in cap:
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = parse_cpuinfo(cpuinfo_text())[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -89,8 +89,13 @@ class Upscaler:
             self.amp_dtype = None
             self.precision = "int8"
             fp32_model = model.eval()
-            model = int8_generator(fp32_model, self.info, calibration=int8_calibration)
-            model = model.on(self._pick_int8_engine(engine, fp32_model, model))
+            asked = self._int8_engine_asked(engine)   # checked before anything is quantized
+            model = int8_generator(fp32_model, self.info, calibration=int8_calibration,
+                                   engine=asked or "onnxruntime")
+            if asked is None:   # auto: ONNX Runtime's graph is the reference the probe compares with
+                from .engines import choose_int8_engine
+
+                model = model.on(choose_int8_engine(fp32_model.to("cpu"), model.on))
         else:
             policy = runtime.inference_policy(precision, self.device)
             self.amp_dtype = policy.amp_dtype
@@ -147,11 +152,11 @@ class Upscaler:
         return engine
 
     @staticmethod
-    def _pick_int8_engine(engine: str, fp32_model: nn.Module, int8_model: nn.Module) -> str:
+    def _int8_engine_asked(engine: str) -> str | None:
         """Who runs the int8 graph: ONNX Runtime (also for `torch`, the library's default, which
-        has no int8 kernels of its own), OpenVINO when asked, or under `auto` the faster of the two
-        where OpenVINO is installed and its output is within 1 level of ONNX Runtime's."""
-        from .engines import ENGINES, EngineError, choose_int8_engine
+        has no int8 kernels of its own), OpenVINO when asked, or None for `auto`: the faster of the
+        two where OpenVINO is installed and its output is within 1 level of ONNX Runtime's."""
+        from .engines import ENGINES, EngineError
 
         if engine not in ENGINES:
             raise EngineError(f"engine {engine!r}; allowed values: {', '.join(ENGINES)}")
@@ -162,7 +167,7 @@ class Upscaler:
                               "auto, onnxruntime or openvino")
         if engine == "openvino":
             return "openvino"
-        return choose_int8_engine(fp32_model.to("cpu"), int8_model.on)
+        return None
 
     @property
     def adaptive(self) -> bool:
